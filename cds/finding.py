@@ -1,0 +1,170 @@
+"""The one record every model output becomes: a :class:`Finding`.
+
+A Finding says *what* (a coded concept), *how sure* (probability or value against the model's
+operating threshold and indeterminate band), *where in the patient* (a point, box or mask in
+patient LPS millimetres), *which model* (id + version) and *from which inputs* (study/series
+UIDs and the EHR values the model used). Widgets, reports and the FHIR writer read Findings;
+they never call a model directly.
+
+Examples
+--------
+>>> f = Finding(
+...     patient_id="p1", study_uid="1.2.3", code_system="http://snomed.info/sct",
+...     code="8186001", display="Cardiomegaly", probability=0.81, threshold=0.5,
+...     indeterminate=(0.4, 0.6), model_id="cxr-cardiomegaly", model_version="1.0.0")
+>>> f.interpretation
+'positive'
+>>> Finding.from_dict(f.to_dict()) == f
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Interpretation = Literal["positive", "negative", "indeterminate", "measured"]
+LocationKind = Literal["point", "box", "mask"]
+
+__all__ = ["Finding", "Location", "interpret"]
+
+
+def interpret(
+    score: float | None, threshold: float | None, indeterminate: tuple[float, float] | None
+) -> Interpretation:
+    """Turn a score into an interpretation against a threshold and indeterminate band.
+
+    The band is closed at both ends: a score on either edge is ``indeterminate``.
+    Without a threshold (a pure measurement such as an ejection fraction) the result is
+    ``measured``.
+
+    >>> interpret(0.7, 0.5, (0.4, 0.6))
+    'positive'
+    >>> interpret(0.45, 0.5, (0.4, 0.6))
+    'indeterminate'
+    >>> interpret(0.1, 0.5, None)
+    'negative'
+    >>> interpret(55.0, None, None)
+    'measured'
+    """
+    if score is None or threshold is None:
+        return "measured"
+    if indeterminate is not None and indeterminate[0] <= score <= indeterminate[1]:
+        return "indeterminate"
+    return "positive" if score >= threshold else "negative"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a finding is, in patient LPS millimetres (DICOM patient coordinate system).
+
+    ``kind`` is ``point`` (``coords`` = [x, y, z]), ``box`` (``coords`` = [x0, y0, z0, x1, y1, z1],
+    min corner then max corner) or ``mask`` (``ref`` points at a mask file / DICOM SEG and
+    ``coords`` may hold its bounding box). For 2D projection images without a patient frame the
+    coordinates are image pixels and ``frame`` says ``pixel``.
+
+    >>> Location("point", (10.0, -20.5, 3.0)).to_dict()["coords"]
+    [10.0, -20.5, 3.0]
+    """
+
+    kind: LocationKind
+    coords: tuple[float, ...] = ()
+    ref: str | None = None
+    frame: Literal["LPS", "pixel"] = "LPS"
+    sop_instance_uid: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coords"] = [float(c) for c in self.coords]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Location:
+        return cls(
+            kind=d["kind"],
+            coords=tuple(float(c) for c in d.get("coords", ())),
+            ref=d.get("ref"),
+            frame=d.get("frame", "LPS"),
+            sop_instance_uid=d.get("sop_instance_uid"),
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One AI result for one study (see module docstring).
+
+    ``probability`` is for classifiers (0..1); ``value``/``unit`` for measurements (e.g. an
+    ejection fraction in %). ``threshold`` and ``indeterminate`` are compared against the
+    probability when present, else against the value.
+    """
+
+    patient_id: str
+    study_uid: str
+    code_system: str
+    code: str
+    display: str
+    model_id: str
+    model_version: str
+    probability: float | None = None
+    value: float | None = None
+    unit: str | None = None
+    threshold: float | None = None
+    indeterminate: tuple[float, float] | None = None
+    location: Location | None = None
+    series_uid: str | None = None
+    instance_uids: tuple[str, ...] = ()
+    ehr_inputs: dict[str, Any] = field(default_factory=dict)
+    explanation: str | None = None
+    prognostic: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # dict fields make the default hash fail
+        return hash(self.id)
+
+    @property
+    def score(self) -> float | None:
+        """The number compared against the threshold: probability if present, else value."""
+        return self.probability if self.probability is not None else self.value
+
+    @property
+    def interpretation(self) -> Interpretation:
+        """``positive`` / ``negative`` / ``indeterminate`` / ``measured``."""
+        return interpret(self.score, self.threshold, self.indeterminate)
+
+    @property
+    def id(self) -> str:
+        """A stable identifier: the same inputs and model give the same id on every run.
+
+        >>> a = Finding("p", "1.2", "s", "c", "d", "m", "1", probability=0.3)
+        >>> a.id == Finding("p", "1.2", "s", "c", "d", "m", "1", probability=0.9).id
+        True
+        """
+        loc = json.dumps(self.location.to_dict(), sort_keys=True) if self.location else ""
+        key = "|".join(
+            [self.patient_id, self.study_uid, self.series_uid or "", self.code_system, self.code,
+             self.model_id, self.model_version, loc]
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, including the derived ``id`` and ``interpretation``."""
+        d = asdict(self)
+        d["location"] = self.location.to_dict() if self.location else None
+        d["indeterminate"] = list(self.indeterminate) if self.indeterminate else None
+        d["instance_uids"] = list(self.instance_uids)
+        d["id"] = self.id
+        d["interpretation"] = self.interpretation
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """Inverse of :meth:`to_dict` (derived keys are ignored)."""
+        d = {k: v for k, v in d.items() if k not in ("id", "interpretation")}
+        if d.get("location"):
+            d["location"] = Location.from_dict(d["location"])
+        if d.get("indeterminate"):
+            d["indeterminate"] = tuple(d["indeterminate"])
+        d["instance_uids"] = tuple(d.get("instance_uids", ()))
+        return cls(**d)
