@@ -1,0 +1,165 @@
+"""MONAI bundle folders: the one model format of cds.
+
+A model is a folder laid out as a MONAI bundle::
+
+    <model-id>/
+        configs/metadata.json    the model card (MONAI metadata + a "cds" section, below)
+        configs/inference.json   MONAI bundle config; its "network_def" builds the network
+        models/model.pt          the weights (a state_dict), unless the card says otherwise
+        docs/README.md           the human-readable model card (optional)
+
+The ``cds`` section of ``metadata.json`` holds what a clinician needs to judge a result::
+
+    "cds": {
+      "model_id": "cxr-cardiomegaly", "task": "cxr-cardiomegaly",
+      "modality": ["CR", "DX"], "body_site": "chest",
+      "intended_use": "...", "proxy_for": "...", "limitations": ["..."],
+      "inputs": {"image": {...}, "ehr": [{"name": "age", "source": "patient.age_years"},
+                                         {"name": "sex", "source": "patient.sex"}]},
+      "outputs": [{"code_system": "http://snomed.info/sct", "code": "8186001",
+                   "display": "Cardiomegaly", "kind": "probability"}],
+      "threshold": 0.5, "indeterminate": [0.4, 0.6],
+      "training_data": {"name": "...", "path": "...", "split": "...", "n": 0},
+      "performance": {"data": "...", "n_cases": 0, "metrics": {"auroc": {"value": 0.8,
+                      "ci95": [0.7, 0.9]}}, "evaluation_command": "cds evaluate ..."}
+    }
+
+Examples
+--------
+>>> import tempfile, torch
+>>> d = tempfile.mkdtemp()
+>>> card = {"name": "toy", "version": "0.1.0", "cds": {"model_id": "toy", "task": "toy"}}
+>>> net_def = {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 1}
+>>> path = save_bundle(d + "/toy", card, net_def, torch.nn.Linear(2, 1).state_dict())
+>>> b = load_bundle(path)
+>>> b.model_id, b.version
+('toy', '0.1.0')
+>>> b.network().out_features
+1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cds.errors import CdsError
+
+__all__ = ["Bundle", "load_bundle", "save_bundle", "BundleError"]
+
+
+class BundleError(CdsError):
+    """A model folder is not a usable bundle; the message names the folder and the file."""
+
+
+@dataclass
+class Bundle:
+    """A MONAI bundle folder with its parsed model card and inference config."""
+
+    path: Path
+    metadata: dict[str, Any]
+    inference: dict[str, Any]
+    _network: Any = field(default=None, repr=False)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The ``cds`` section of the model card (empty for foreign bundles)."""
+        return self.metadata.get("cds", {})
+
+    @property
+    def model_id(self) -> str:
+        return self.card.get("model_id") or self.metadata.get("name") or self.path.name
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "0"))
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / "models" / self.card.get("weights", "model.pt")
+
+    def parser(self, overrides: dict[str, Any] | None = None) -> Any:
+        """A ``monai.bundle.ConfigParser`` over inference.json (+ metadata) with overrides.
+
+        Bundle configs are ``eval``'d by MONAI: load only bundles you trust.
+        """
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(self.path / "configs" / "inference.json"))
+        parser.read_meta(str(self.path / "configs" / "metadata.json"))
+        parser["bundle_root"] = str(self.path)
+        for k, v in (overrides or {}).items():
+            parser[k] = v
+        return parser
+
+    def network(self, device: str = "cpu") -> Any:
+        """Build ``network_def`` and load ``models/model.pt`` into it (cached, eval mode)."""
+        if self._network is None:
+            import torch
+
+            try:
+                net = self.parser().get_parsed_content("network_def", instantiate=True)
+            except Exception as exc:  # noqa: BLE001 - surface which bundle failed and why
+                raise BundleError(f"{self.path}/configs/inference.json: cannot build network_def: {exc}") from exc
+            if not self.weights_path.exists():
+                raise BundleError(f"{self.weights_path}: weights file missing")
+            try:
+                state = torch.load(self.weights_path, map_location=device, weights_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise BundleError(f"{self.weights_path}: cannot load weights: {exc}") from exc
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+            try:
+                net.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001
+                raise BundleError(f"{self.weights_path}: weights do not fit network_def: {exc}") from exc
+            net.to(device).eval()
+            self._network = net
+        return self._network
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (a MONAI bundle needs configs/metadata.json and configs/inference.json)") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle folder's model card and inference config (weights load lazily)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise BundleError(f"{p}: not a folder (a model is a MONAI bundle folder)")
+    meta = _read_json(p / "configs" / "metadata.json")
+    inf = _read_json(p / "configs" / "inference.json")
+    return Bundle(path=p, metadata=meta, inference=inf)
+
+
+def save_bundle(
+    path: str | Path,
+    metadata: dict[str, Any],
+    network_def: dict[str, Any],
+    state_dict: dict[str, Any] | None,
+    inference_extra: dict[str, Any] | None = None,
+    readme: str | None = None,
+) -> Path:
+    """Write a bundle folder; returns its path. ``network_def`` is a MONAI config dict."""
+    import torch
+
+    p = Path(path)
+    (p / "configs").mkdir(parents=True, exist_ok=True)
+    (p / "models").mkdir(parents=True, exist_ok=True)
+    inference = {"bundle_root": ".", "device": "cpu", "network_def": network_def, **(inference_extra or {})}
+    (p / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
+    (p / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+    if state_dict is not None:
+        torch.save(state_dict, p / "models" / "model.pt")
+    if readme is not None:
+        (p / "docs").mkdir(exist_ok=True)
+        (p / "docs" / "README.md").write_text(readme)
+    return p

@@ -1,0 +1,30 @@
+"""Shared fixtures: paths to the repo, the sample cohort and ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "fhir_samples"
+SHARED = Path(os.environ.get("CDS_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip with the reason when it is absent (e.g. on a user's machine)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} is absent (set CDS_SHARED_DATA to point at it)")
+    return SHARED
