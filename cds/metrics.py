@@ -7,7 +7,7 @@ Every number in a model card comes from these functions via ``cds evaluate``.
 >>> p = np.array([0.1, 0.3, 0.8, 0.7, 0.2, 0.9, 0.6, 0.4])
 >>> m = auroc_ci(y, p, n_boot=200, seed=0)
 >>> round(m["value"], 3)
-0.875
+0.938
 >>> 0.0 <= m["ci95"][0] <= m["value"] <= m["ci95"][1] <= 1.0
 True
 """
