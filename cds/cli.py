@@ -1,0 +1,155 @@
+"""The ``cds`` command: a thin layer over the Python API. Heavy modules are imported lazily so
+``cds --help`` answers in well under a second.
+
+>>> build_parser().parse_args(["cohort", "summary", "fhir_samples", "--json"]).json
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+TASKS = {
+    "pneumonia": "cds.models.pneumonia",
+    "cxr-cardiomegaly": "cds.models.cxr_cardiomegaly",
+    "cxr-icu": "cds.models.cxr_icu",
+    "ct-lung-nodule": "cds.models.ct_lung_nodule",
+    "mammo-density": "cds.models.mammo_density",
+    "mammo-abnormality": "cds.models.mammo_abnormality",
+    "cmr-function": "cds.models.cmr_function",
+}
+
+
+def _cmd_cohort_summary(args: argparse.Namespace) -> int:
+    from cds.cohort import load_cohort
+
+    cohort = load_cohort(args.path, validate=not args.no_validate, reference_date=args.reference_date)
+    summary = cohort.summary()
+    if args.problems:
+        summary["problems"] = [p.to_dict() for p in cohort.problems]
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>20}: {v}")
+        for p in cohort.problems[:20]:
+            print(f"  problem: {p}")
+    return 0
+
+
+def _cmd_samples_build(args: argparse.Namespace) -> int:
+    from cds.samples import build_sample_cohort
+
+    summary = build_sample_cohort(args.synthea, args.hannover, args.out)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_overview(args: argparse.Namespace) -> int:
+    from cds.notebook_run import run_notebook
+
+    params = {"cohort": str(Path(args.cohort).resolve()), "out_dir": str(Path(args.out).resolve())}
+    if args.reference_date:
+        params["reference_date"] = args.reference_date
+    result = run_notebook("cohort_overview.ipynb", args.out, params)
+    print(f"report: {result['html']}")
+    print(f"executed notebook: {result['notebook']}")
+    return 0
+
+
+def _task_module(task: str):  # noqa: ANN202 - a module
+    import importlib
+
+    if task not in TASKS:
+        raise SystemExit(f"cds: unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[task])
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    mod = _task_module(args.task)
+    kwargs = {"n_boot": args.n_boot}
+    if args.bundle:
+        kwargs["bundle_dir"] = args.bundle
+    result = mod.evaluate(args.data, **kwargs)
+    print(json.dumps(result, indent=2 if not args.json else None, default=str))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    mod = _task_module(args.task)
+    path = mod.train(args.data, args.out, seed=args.seed, quick=args.quick)
+    print(f"bundle written: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cds", description="Imaging AI next to the patient record: FHIR cohorts, "
+                                "MONAI-bundle models, Findings, widgets and reports.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cohort = sub.add_parser("cohort", help="load and inspect a FHIR cohort")
+    csub = cohort.add_subparsers(dest="cohort_command", required=True)
+    s = csub.add_parser("summary", help="counts of patients, studies, observations, problems")
+    s.add_argument("path", help="Bundle .json, .ndjson, a folder of them, or a FHIR server base URL")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--no-validate", action="store_true", help="skip R4 validation (faster)")
+    s.add_argument("--problems", action="store_true", help="include every problem in the output")
+    s.add_argument("--reference-date", help="date ages are computed at (YYYY-MM-DD; default today)")
+    s.set_defaults(func=_cmd_cohort_summary)
+
+    samples = sub.add_parser("samples", help="the embedded sample cohort")
+    ssub = samples.add_subparsers(dest="samples_command", required=True)
+    b = ssub.add_parser("build", help="rebuild fhir_samples/ from the public source folders")
+    b.add_argument("--synthea", required=True, help="folder laid out like shared/data/synthea-fhir-r4")
+    b.add_argument("--hannover", required=True, help="folder laid out like shared/data/hannover-covid19-cxr")
+    b.add_argument("--out", required=True, help="output folder (e.g. fhir_samples)")
+    b.set_defaults(func=_cmd_samples_build)
+
+    o = sub.add_parser("overview", help="run the cohort overview notebook and write an HTML report")
+    o.add_argument("--cohort", default="fhir_samples", help="cohort source (default: fhir_samples)")
+    o.add_argument("--out", default="out/overview", help="output folder (default: out/overview)")
+    o.add_argument("--reference-date", help="date ages are computed at (YYYY-MM-DD)")
+    o.set_defaults(func=_cmd_overview)
+
+    e = sub.add_parser("evaluate", help="compute a model's card metrics with 95%% CIs on a data folder")
+    e.add_argument("task", help=f"one of: {', '.join(TASKS)}")
+    e.add_argument("--data", required=True, help="folder laid out like the matching shared/data set")
+    e.add_argument("--bundle", help="model bundle folder (default: the built-in one)")
+    e.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    e.add_argument("--json", action="store_true", help="print one compact JSON object")
+    e.set_defaults(func=_cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a reference model into a MONAI bundle folder")
+    t.add_argument("task", help=f"one of: {', '.join(TASKS)}")
+    t.add_argument("--data", help="training data folder (as in shared/data)")
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cds`` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from cds.errors import CdsError
+
+    try:
+        return int(args.func(args) or 0)
+    except CdsError as exc:
+        print(f"cds: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
