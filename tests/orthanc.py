@@ -5,9 +5,11 @@ The server runs as a plain subprocess (never the system service), listens on a f
 keeps its storage in a temporary folder, has its DICOM port disabled and refuses non-loopback
 clients. ``running_orthanc`` yields the DICOMweb base URL and stops the server on exit.
 
-Use from pytest::
+Use from pytest (see ``orthanc_session``)::
 
-    from tests.orthanc import orthanc_url_fixture   # or write your own session fixture
+    @pytest.fixture(scope="session")
+    def orthanc_url(tmp_path_factory):
+        yield from orthanc_session(tmp_path_factory)
 """
 
 from __future__ import annotations
@@ -175,18 +177,21 @@ def running_orthanc(tmpdir: str | os.PathLike, timeout: float = 20.0, attempts: 
             _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def orthanc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DICOMweb base URL of a fresh Orthanc for this test session.
+def orthanc_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Body of a session fixture: yield the DICOMweb URL of a fresh Orthanc, or skip / fail.
 
     Skips when Orthanc is not installed, except when the environment variable ``CI`` is set: then it
-    fails, because CI must install ``orthanc`` and ``orthanc-dicomweb``.
+    fails, because CI must install ``orthanc`` and ``orthanc-dicomweb``. Use it as::
+
+        @pytest.fixture(scope="session")
+        def orthanc_url(tmp_path_factory):
+            yield from orthanc_session(tmp_path_factory)
     """
     if orthanc_binary() is None or dicomweb_plugin() is None:
         missing = "Orthanc binary" if orthanc_binary() is None else "Orthanc DICOMweb plugin"
         message = f"{missing} not found; {INSTALL_HINT}"
         if os.environ.get("CI"):
-            pytest.fail(f"CI is set but the {message}", pytrace=False)
+            pytest.fail(f"CI is set, so Orthanc is required: {message}", pytrace=False)
         pytest.skip(message)
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
         yield url
