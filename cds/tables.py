@@ -131,7 +131,15 @@ def _quantity(res: dict[str, Any], row: dict[str, Any]) -> None:
     if "valueCodeableConcept" in res:
         row["value_string"] = _coding(res["valueCodeableConcept"])[2]
     elif "dataAbsentReason" in res:
-        row["value_string"] = "absent: " + str(_coding(res["dataAbsentReason"])[2] or "unknown")
+        _, code, disp = _coding(res["dataAbsentReason"])
+        row["value_string"] = "absent: " + str(disp or code or "unknown")
+        # off-scale results: keep the direction (below / above the detection limit) as a comparator
+        if code in ("negative-infinity", "positive-infinity"):
+            row["comparator"] = "<" if code == "negative-infinity" else ">"
+        else:
+            interp = _coding((res.get("interpretation") or [None])[0])[1]
+            if interp in ("<", ">"):
+                row["comparator"] = interp
 
 
 def _resolve_location(loc: str, source: str) -> str:

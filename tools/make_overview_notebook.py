@@ -49,3 +49,17 @@ for i, c in enumerate(nb.cells):
 out = Path(__file__).resolve().parents[1] / "notebooks" / "cohort_overview.ipynb"
 nbformat.write(nb, str(out))
 print(out)
+
+# Execute once with the default parameters and keep only the outputs nbval compares
+# (cells marked NBVAL_CHECK_OUTPUT), so the committed notebook stays small.
+if "--no-execute" not in __import__("sys").argv:
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(out.parent)}}).execute()
+    for c in nb.cells:
+        if c.cell_type == "code" and not c.source.startswith("# NBVAL_CHECK_OUTPUT"):
+            c.outputs = []
+            c.execution_count = None
+    nbformat.write(nb, str(out))
+    print("executed; kept outputs of NBVAL_CHECK_OUTPUT cells")
