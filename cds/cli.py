@@ -64,6 +64,21 @@ def _cmd_overview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from cds.registry import ModelRegistry
+
+    reg = ModelRegistry(user_dirs=args.models_dir or None)
+    table = reg.list_models()
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+    else:
+        cols = ["model_id", "version", "task", "modality", "headline_metric", "headline_value", "headline_ci95", "source"]
+        print(table[cols].to_string(index=False) if len(table) else "no models found")
+    for err in reg.errors:
+        print(f"warning: {err}", file=sys.stderr)
+    return 0
+
+
 def _task_module(task: str):  # noqa: ANN202 - a module
     import importlib
 
@@ -74,7 +89,9 @@ def _task_module(task: str):  # noqa: ANN202 - a module
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     mod = _task_module(args.task)
-    kwargs = {"n_boot": args.n_boot}
+    kwargs: dict = {"n_boot": args.n_boot}
+    if args.split:
+        kwargs["split"] = args.split
     if args.bundle:
         kwargs["bundle_dir"] = args.bundle
     result = mod.evaluate(args.data, **kwargs)
@@ -124,8 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="folder laid out like the matching shared/data set")
     e.add_argument("--bundle", help="model bundle folder (default: the built-in one)")
     e.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    e.add_argument("--split", help="which cases to score, where the task supports it (e.g. auto, all, test)")
     e.add_argument("--json", action="store_true", help="print one compact JSON object")
     e.set_defaults(func=_cmd_evaluate)
+
+    m = sub.add_parser("models", help="list the available models (built-in and your models directory)")
+    m.add_argument("--models-dir", action="append", help="a models directory (default $CDS_MODELS_DIR or "
+                   "~/.cds/models); repeatable")
+    m.add_argument("--json", action="store_true", help="print JSON records")
+    m.set_defaults(func=_cmd_models)
 
     t = sub.add_parser("train", help="train a reference model into a MONAI bundle folder")
     t.add_argument("task", help=f"one of: {', '.join(TASKS)}")
