@@ -4,8 +4,8 @@ All functions take a :class:`cds.cohort.Cohort` and return a DataFrame or a matp
 so the notebook is only calls and displays.
 
 >>> import pandas as pd
->>> age_band(pd.Series([5.0, 47.0, 81.0, None])).astype(str).tolist()
-['0-17', '40-64', '80+', 'nan']
+>>> age_band(pd.Series([5.0, 47.0, 81.0])).tolist()
+['0-17', '40-64', '80+']
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ empty cohorts still give tables with the right columns.
 ...                     "effectiveDateTime": "2020-04-01",
 ...                     "valueQuantity": {"value": 6.0, "unit": "mg/L"}}, "x.json", 1)]
 >>> t, dangling = build_tables(res, reference_date="2020-06-01")
->>> int(t["patients"].loc[0, "age_years"]), t["observations"].loc[0, "value"]
-(69, 6.0)
+>>> float(t["patients"].loc[0, "age_years"]), float(t["observations"].loc[0, "value"])
+(70.0, 6.0)
 """
 
 from __future__ import annotations
