@@ -36,7 +36,7 @@ apt:
 test: env apt
 	$(VENV)/bin/ruff check cds tests bench tools
 	$(VENV)/bin/pytest -q --timeout=900 --doctest-modules cds tests \
-	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/cohort_overview.ipynb
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 lint: env
 	$(VENV)/bin/ruff check cds tests bench tools

@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one compact JSON object")
     e.set_defaults(func=_cmd_evaluate)
 
+    from cds.explorer_app import add_explorer_parser
+
+    add_explorer_parser(sub)
+
     m = sub.add_parser("models", help="list the available models (built-in and your models directory)")
     m.add_argument("--models-dir", action="append", help="a models directory (default $CDS_MODELS_DIR or "
                    "~/.cds/models); repeatable")

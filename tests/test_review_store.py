@@ -1,0 +1,175 @@
+"""The review log: durable appends, reload, corrupt lines, validation of actions, FHIR R4 output."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cds.errors import ParameterError
+from cds.finding import Finding
+from cds.review_store import (
+    OVERRIDE_REASON_SYSTEM,
+    ReviewStore,
+    ReviewStoreError,
+    to_fhir,
+    to_fhir_bundle,
+    validate_fhir,
+)
+
+
+def _finding(pid: str = "p1", study: str = "1.2.3", prob: float = 0.8) -> Finding:
+    return Finding(pid, study, "http://snomed.info/sct", "233604007", "Pneumonia", "pneumonia", "1.0.0",
+                   probability=prob, threshold=0.5, indeterminate=(0.4, 0.6), series_uid="1.2.3.4")
+
+
+def _lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().split("\n") if ln.strip()]
+
+
+def test_every_action_is_fsynced_and_seen_by_a_new_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sub" / "reviews.jsonl"
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    f1, f2 = _finding(), _finding("p2", "9.9")
+    store = ReviewStore(path)
+    seen: list[str] = []
+    store.on_change(lambda rec: seen.append(rec["action"]))
+    store.accept(f1, "dr-a")
+    n_after_first = len(synced)
+    store.override(f2, "dr-a", "false-positive", comment="  old scar  ")
+    store.override(f1, "dr-b", "wrong-location")
+    assert n_after_first >= 1 and len(synced) >= 3  # the file on each write (+ the folder once)
+    assert seen == ["accept", "override", "override"]
+    assert len(_lines(path)) == 3
+
+    again = ReviewStore(path)  # a restarted kernel
+    assert len(again) == 3 and again.problems == []
+    assert again.status_of(f1.id) == "amended"  # latest action wins ...
+    assert [a["action"] for a in again.actions(f1.id)] == ["accept", "override"]  # ... nothing is lost
+    assert again.latest_review(f2.id)["comment"] == "old scar"
+    assert again.latest_review(f2.id)["clinician_interpretation"] == "negative"
+    assert again.status_of(_finding("p9").id) == "preliminary"
+    frame = again.reviews_frame()
+    assert set(frame["finding_id"]) == {f1.id, f2.id}
+    row = frame[frame["finding_id"] == f1.id].iloc[0]
+    assert (row["status"], row["reviewer"], row["reason_code"]) == ("amended", "dr-b", "wrong-location")
+    rec = json.loads(_lines(path)[1])
+    assert rec["reason"]["coding"][0]["system"] == OVERRIDE_REASON_SYSTEM
+    assert rec["reviewer"] == {"reference": "Practitioner/dr-a"} and rec["recorded"].endswith("Z")
+    assert rec["finding"]["probability"] == 0.8 and rec["finding"]["study_uid"] == "9.9"
+
+
+def test_cut_off_last_line_is_reported_and_skipped_and_later_writes_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    store = ReviewStore(path)
+    f = _finding()
+    store.accept(f, "dr-a")
+    store.override(f, "dr-a", "poor-image-quality", entered_in_error=True)
+    good = path.read_bytes()
+    with open(path, "ab") as fh:  # a crash in the middle of a write
+        fh.write(b'{"kind": "cds-review/1", "action": "acc')
+    reopened = ReviewStore(path)
+    assert len(reopened) == 2
+    assert len(reopened.problems) == 1 and reopened.problems[0].trailing
+    assert "last line" in str(reopened.problems[0]) and str(path) in str(reopened.problems[0])
+    assert reopened.status_of(f.id) == "entered-in-error"
+    reopened.accept(f, "dr-c")  # starts on a fresh line; the broken bytes stay (nothing is deleted)
+    assert path.read_bytes().startswith(good)
+    final = ReviewStore(path)
+    assert len(final) == 3 and final.status_of(f.id) == "final"
+    assert len(final.problems) == 1 and not final.problems[0].trailing and final.problems[0].line == 3
+
+
+def test_garbage_in_the_middle_keeps_the_lines_around_it(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    store = ReviewStore(path)
+    store.accept(_finding("a"), "dr-a")
+    with open(path, "ab") as fh:
+        fh.write(b"not json\n[1, 2]\n")
+    store.accept(_finding("b"), "dr-a")
+    again = ReviewStore(path)
+    assert len(again) == 2 and [p.line for p in again.problems] == [2, 3]
+
+
+def test_two_store_objects_on_one_file_keep_both_writers_lines(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    a, b = ReviewStore(path), ReviewStore(path)
+    for i in range(5):
+        a.accept(_finding(f"a{i}"), "dr-a")
+        b.accept(_finding(f"b{i}"), "dr-b")
+    assert len(_lines(path)) == 10
+    assert len(a.reload()) == 10
+
+
+def test_bad_actions_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    store = ReviewStore(path)
+    f = _finding()
+    with pytest.raises(ParameterError, match="reason.*'typo' is not an override reason"):
+        store.override(f, "dr-a", "typo")
+    with pytest.raises(ParameterError, match="comment"):
+        store.override(f, "dr-a", "other", comment="   ")
+    with pytest.raises(ParameterError, match="reviewer"):
+        store.accept(f, "dr a/../x")
+    with pytest.raises(ParameterError, match="confidence"):
+        store.record_read(f, "dr-a", "pre-ai", True, 101)
+    with pytest.raises(ParameterError, match="needs the reader's pre-AI read"):
+        store.record_read(f, "dr-a", "post-ai", True, 50)
+    assert not path.exists()
+    with pytest.raises(ParameterError, match="store_path"):
+        ReviewStore(tmp_path)
+
+
+def test_reader_study_reads_pre_then_post(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "r.jsonl")
+    f = _finding()
+    store.record_read(f, "dr-a", "pre-ai", False, 70)
+    store.record_read(f, "dr-a", "post-ai", True, 85)
+    with pytest.raises(ParameterError, match="already seen the AI"):
+        store.record_read(f, "dr-a", "pre-ai", False, 10)
+    reads = ReviewStore(store.path).reads(f.id, "dr-a")
+    assert reads["pre-ai"]["read"] == {"phase": "pre-ai", "finding_present": False, "confidence": 70}
+    assert reads["post-ai"]["read"]["confidence"] == 85
+    assert ReviewStore(store.path).reads(f.id, "dr-b") == {"pre-ai": None, "post-ai": None}
+    assert store.status_of(f.id) == "preliminary"  # reads are not reviews
+
+
+def test_fhir_output_is_valid_r4_with_verifier_provenance(tmp_path: Path) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    store = ReviewStore(tmp_path / "r.jsonl")
+    f1, f2 = _finding(), _finding("p2", "7.7", prob=0.45)
+    store.accept(f1, "dr-a", comment="agree")
+    store.override(f1, "dr-b", "false-positive", comment="scar")
+    store.override(f2, "dr-a", "poor-image-quality", entered_in_error=True)
+    store.record_read(f2, "dr-c", "pre-ai", True, 40)
+    resources = to_fhir(ReviewStore(store.path))
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    assert sorted(p["id"] for p in by_type["Practitioner"]) == ["dr-a", "dr-b", "dr-c"]
+    obs = {o["id"]: o for o in by_type["Observation"]}
+    assert obs[f1.id]["status"] == "amended" and len(obs[f1.id]["note"]) == 2  # both reviews kept
+    assert obs[f2.id]["status"] == "entered-in-error"
+    assert obs[f1.id]["meta"]["security"][0]["code"] == "AIAST"
+    read_obs = [o for o in by_type["Observation"] if o["id"].startswith("read-")]
+    assert read_obs[0]["valueBoolean"] is True and read_obs[0]["component"][0]["valueQuantity"]["value"] == 40
+    provs = by_type["Provenance"]
+    assert len(provs) == 4
+    verifiers = [p for p in provs if p["agent"][0]["type"]["coding"][0]["code"] == "verifier"]
+    assert len(verifiers) == 3
+    assert {p["agent"][0]["who"]["reference"] for p in verifiers} == {"Practitioner/dr-a", "Practitioner/dr-b"}
+    assert any(p.get("reason", [{}])[0].get("coding", [{}])[0].get("code") == "false-positive" for p in provs)
+    bundle = to_fhir_bundle(store)  # validates each resource with R4B
+    Bundle.model_validate(bundle)
+    assert len(bundle["entry"]) == len(resources)
+
+
+def test_fhir_validation_is_not_a_no_op() -> None:
+    bad = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"}, "valueBoolean": [1]}
+    with pytest.raises(ReviewStoreError, match="Observation/x"):
+        validate_fhir([bad])
