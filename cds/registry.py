@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +213,12 @@ class ModelRegistry:
         return imaging
 
     def run(self, model_id: str, cohort: Any, studies: pd.DataFrame | None = None,
-            progress: bool = False) -> RunResult:
-        """Run a model on the cohort's imaging series (or the given rows of ``cohort.imaging``)."""
+            progress: bool = False, artifacts_dir: str | Path | None = None) -> RunResult:
+        """Run a model on the cohort's imaging series (or the given rows of ``cohort.imaging``).
+
+        With ``artifacts_dir``, explanation maps (GradCAM) are saved there as ``<finding id>.npy``
+        and referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them.
+        """
         from cds.imageio import read_image
 
         b = self.get(model_id)
@@ -234,7 +238,7 @@ class ModelRegistry:
                 ehr = ehr_inputs_for(card, cohort, r.patient_id, r.started)
                 image = read_image(r.pixel_location)
                 result.findings.extend(self.run_one(b, task, image, ehr, r.patient_id, r.study_uid, r.series_uid,
-                                                    tuple(r.instance_uids)))
+                                                    tuple(r.instance_uids), artifacts_dir=artifacts_dir))
             except CdsError as exc:
                 result.failures.append({"patient_id": r.patient_id, "study_uid": r.study_uid, "model_id": model_id,
                                         "error": type(exc).__name__, "message": str(exc)})
@@ -245,7 +249,8 @@ class ModelRegistry:
         return result
 
     def run_one(self, b: Bundle, task: str, image: Any, ehr: dict[str, Any], patient_id: str, study_uid: str,
-                series_uid: str | None, instance_uids: tuple[str, ...]) -> list[Any]:
+                series_uid: str | None, instance_uids: tuple[str, ...],
+                artifacts_dir: str | Path | None = None) -> list[Any]:
         """Run one bundle on one image (a :class:`cds.imageio.Image`) and return its Findings."""
         if not b.card:
             from cds import zoo
@@ -260,4 +265,15 @@ class ModelRegistry:
             pred = mod.predict(b, image.array, {"spacing": image.spacing})
         else:
             pred = mod.predict(b, image.array, ehr)
-        return mod.to_findings(b, pred, patient_id, study_uid, series_uid, list(instance_uids), ehr)
+        findings = mod.to_findings(b, pred, patient_id, study_uid, series_uid, list(instance_uids), ehr)
+        cam = pred.get("gradcam") if isinstance(pred, dict) else None
+        if artifacts_dir is not None and cam is not None and float(np.max(cam)) > 0:
+            out = Path(artifacts_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            saved = []
+            for f in findings:
+                path = out / f"{f.id}.npy"
+                np.save(path, np.asarray(cam, dtype=np.float16))
+                saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
+            findings = saved
+        return findings

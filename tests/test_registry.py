@@ -111,3 +111,17 @@ def test_cli_models_list() -> None:
                        check=True)
     ids = {m["model_id"] for m in json.loads(r.stdout)}
     assert {"pneumonia", "cxr-icu"} <= ids
+
+
+def test_gradcam_maps_are_saved_as_artifacts(cohort: cds.Cohort, tmp_path: Path) -> None:
+    import numpy as np
+
+    reg = ModelRegistry(user_dirs=[])
+    rows = cohort.imaging.dropna(subset=["pixel_location"]).head(6)
+    result = reg.run("pneumonia", cohort, rows, artifacts_dir=tmp_path)
+    with_maps = [f for f in result.findings if "heatmap" in f.extra]
+    for f in with_maps:
+        cam = np.load(f.extra["heatmap"])
+        assert cam.max() > 0 and cam.ndim == 2
+    # a map that is zero everywhere (nothing raised the score) is not saved
+    assert len(with_maps) == len(list(tmp_path.glob("*.npy")))

@@ -434,7 +434,7 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
                 instance_uids: tuple[str, ...] | list[str] = (), ehr_inputs: dict[str, Any] | None = None) -> list[Any]:
     """:class:`cds.finding.Finding` records (one: SNOMED 8186001 Cardiomegaly) for a :func:`predict` result."""
     extra: dict[str, Any] = {"proxy_for": "echo-confirmed LV hypertrophy / dilatation (Bhave 2024)"}
-    if pred.get("gradcam") is not None:
+    if pred.get("gradcam") is not None and float(np.max(pred["gradcam"])) > 0:
         r, c = np.unravel_index(int(np.argmax(pred["gradcam"])), pred["gradcam"].shape)
         extra.update({"gradcam_peak_pixel": [int(r), int(c)], "gradcam_layer": pred.get("gradcam_layer")})
     return findings_from_probability(
