@@ -93,15 +93,19 @@ def load_findings(path: str | Path) -> tuple[list[Any], list[dict[str, Any]]]:
 
 
 def compute_findings(cohort: Any, models: Sequence[str], registry: Any = None,
-                     progress: bool = False) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Run each model of the registry on the cohort; returns (findings, failures)."""
+                     progress: bool = False, artifacts_dir: str | Path | None = None,
+                     ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Run each model of the registry on the cohort; returns (findings, failures).
+
+    With ``artifacts_dir`` the models' explanation maps are saved there for the viewer's overlays.
+    """
     from cds.registry import ModelRegistry
 
     reg = registry or ModelRegistry()
     findings: list[Any] = []
     failures: list[dict[str, Any]] = []
     for mid in models:
-        result = reg.run(mid, cohort, progress=progress)
+        result = reg.run(mid, cohort, progress=progress, artifacts_dir=artifacts_dir)
         findings.extend(result.findings)
         failures.extend(result.failures)
     return findings, failures
@@ -272,7 +276,8 @@ def run_explorer(cohort: str | Path, models: Sequence[str] | None = ("pneumonia"
         if not quiet:
             print(f"running {', '.join(models)} on {cohort_src} ...", flush=True)
         co = load_cohort(cohort_src, validate=False, reference_date=reference_date)
-        findings, failures = compute_findings(co, list(models), progress=not quiet)
+        findings, failures = compute_findings(co, list(models), progress=not quiet,
+                                              artifacts_dir=work / "heatmaps")
         findings_json = save_findings(findings, work / "findings.json", failures)
     params = {"cohort": cohort_src, "models": list(models or []), "reader_id": reader_id,
               "store_path": str(Path(store).resolve()), "reader_study": bool(reader_study),
