@@ -79,6 +79,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cds.report import main_report
+
+    return main_report(args)
+
+
 def _task_module(task: str):  # noqa: ANN202 - a module
     import importlib
 
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", default="out/overview", help="output folder (default: out/overview)")
     o.add_argument("--reference-date", help="date ages are computed at (YYYY-MM-DD)")
     o.set_defaults(func=_cmd_overview)
+
+    from cds.report import add_report_arguments
+
+    r = sub.add_parser("report", help="scheduled cohort report: models, triage, performance -> HTML, "
+                       "results.json, FHIR results")
+    add_report_arguments(r)
+    r.set_defaults(func=_cmd_report)
 
     e = sub.add_parser("evaluate", help="compute a model's card metrics with 95%% CIs on a data folder")
     e.add_argument("task", help=f"one of: {', '.join(TASKS)}")
