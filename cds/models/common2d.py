@@ -103,7 +103,7 @@ def display_path(path: str | Path) -> str:
     >>> display_path(REPO_ROOT / "cds")
     'cds'
     """
-    p = Path(path).resolve()
+    p = Path(os.path.abspath(path))  # not resolve(): a symlinked ../shared keeps its short name
     rel = os.path.relpath(p, REPO_ROOT)
     return rel if rel.count("..") <= 2 else str(p)
 
