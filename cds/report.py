@@ -603,6 +603,17 @@ def show(df: pd.DataFrame, max_rows: int = 500) -> None:
         print(f"... {len(df) - max_rows} more rows in results.json")
 
 
+def show_details(df: pd.DataFrame, summary: str, max_rows: int = 500) -> None:
+    """Display a long table folded under a one-line summary (an HTML ``<details>`` element)."""
+    import html
+
+    from IPython.display import HTML, display
+
+    more = f"<p>... {len(df) - max_rows} more rows in results.json</p>" if len(df) > max_rows else ""
+    display(HTML(f"<details><summary>{html.escape(summary)} ({len(df)} rows)</summary>"
+                 f"{df.head(max_rows).to_html(index=False)}{more}</details>"))
+
+
 # ------------------------------------------------------------------------------------------- labels
 def icu_labels(cohort: Any, studies: pd.DataFrame) -> pd.DataFrame:
     """ICU-admission labels from FHIR Encounters, per study (day resolution).

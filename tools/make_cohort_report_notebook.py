@@ -55,7 +55,7 @@ cells = [
     new_code_cell('ctx.figure(rp.plot_scores(ctx), "scores")'),
     new_markdown_cell("### Studies the models could not run on"),
     new_code_cell(CHECK + "rp.show(rp.failure_summary(ctx))"),
-    new_code_cell("rp.show(rp.failures_table(ctx))"),
+    new_code_cell('rp.show_details(rp.failures_table(ctx), "Every study a model could not run on")'),
     new_markdown_cell("## Triage: AI worklist order against first-come-first-served"),
     new_code_cell("rp.triage_definition(ctx)"),
     new_code_cell(CHECK + "rp.triage_table(ctx)"),
