@@ -16,15 +16,7 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-TASKS = {
-    "pneumonia": "cds.models.pneumonia",
-    "cxr-cardiomegaly": "cds.models.cxr_cardiomegaly",
-    "cxr-icu": "cds.models.cxr_icu",
-    "ct-lung-nodule": "cds.models.ct_lung_nodule",
-    "mammo-density": "cds.models.mammo_density",
-    "mammo-abnormality": "cds.models.mammo_abnormality",
-    "cmr-function": "cds.models.cmr_function",
-}
+from cds.tasks import TASK_MODULES as TASKS
 
 
 def _cmd_cohort_summary(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from cds.bundle import Bundle, BundleError, load_bundle
 from cds.errors import CdsError, ModelInputError, ParameterError
+from cds.tasks import TASK_MODULES
 
 __all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASK_MODULES"]
 
@@ -37,16 +38,6 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "bundles"
 
-#: task name -> module implementing ``predict``/``to_findings``/``evaluate``/``train``
-TASK_MODULES = {
-    "pneumonia": "cds.models.pneumonia",
-    "cxr-cardiomegaly": "cds.models.cxr_cardiomegaly",
-    "cxr-icu": "cds.models.cxr_icu",
-    "ct-lung-nodule": "cds.models.ct_lung_nodule",
-    "mammo-density": "cds.models.mammo_density",
-    "mammo-abnormality": "cds.models.mammo_abnormality",
-    "cmr-function": "cds.models.cmr_function",
-}
 
 
 def user_model_dirs() -> list[Path]:

@@ -7,12 +7,9 @@ The notebook only calls into ``cds.report``; it assigns no names but those in
 """
 
 import sys
-from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CHECK = "# NBVAL_CHECK_OUTPUT\n"
+from nbformat.v4 import new_code_cell, new_markdown_cell
+from nbwrite import CHECK, write_notebook
 
 cells = [
     new_markdown_cell(
@@ -76,25 +73,5 @@ cells = [
     new_markdown_cell("## Outputs"),
     new_code_cell(CHECK + "written = rp.write_outputs(ctx)"),
 ]
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"}})
-for i, c in enumerate(nb.cells):
-    c["id"] = f"cell-{i:02d}"
-out = Path(__file__).resolve().parents[1] / "notebooks" / "cohort_report.ipynb"
-nbformat.write(nb, str(out))
-print(out)
-
-# Execute once with the default parameters and keep only the outputs nbval compares
-# (cells marked NBVAL_CHECK_OUTPUT), so the committed notebook stays small.
-if "--no-execute" not in sys.argv:
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(out.parent)}}).execute()
-    for c in nb.cells:
-        if c.cell_type == "code" and not c.source.startswith("# NBVAL_CHECK_OUTPUT"):
-            c.outputs = []
-            c.execution_count = None
-    nbformat.write(nb, str(out))
-    print("executed; kept outputs of NBVAL_CHECK_OUTPUT cells")
+if __name__ == "__main__":
+    print(write_notebook("cohort_report", cells, execute="--no-execute" not in sys.argv))

@@ -3,10 +3,8 @@
 Run: .venv/bin/python tools/make_overview_notebook.py
 """
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+from nbwrite import write_notebook
 
 cells = [
     new_markdown_cell("# Cohort overview\n\nDemographics, conditions, lab distributions and imaging of a FHIR R4 "
@@ -41,25 +39,7 @@ cells = [
     new_code_cell("problems = cohort_data.problems_frame()\n"
                   "print(f'{len(problems)} problem(s)')\nproblems.head(20)"),
 ]
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"}})
-for i, c in enumerate(nb.cells):
-    c["id"] = f"cell-{i:02d}"
-out = Path(__file__).resolve().parents[1] / "notebooks" / "cohort_overview.ipynb"
-nbformat.write(nb, str(out))
-print(out)
+if __name__ == "__main__":
+    import sys
 
-# Execute once with the default parameters and keep only the outputs nbval compares
-# (cells marked NBVAL_CHECK_OUTPUT), so the committed notebook stays small.
-if "--no-execute" not in __import__("sys").argv:
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(out.parent)}}).execute()
-    for c in nb.cells:
-        if c.cell_type == "code" and not c.source.startswith("# NBVAL_CHECK_OUTPUT"):
-            c.outputs = []
-            c.execution_count = None
-    nbformat.write(nb, str(out))
-    print("executed; kept outputs of NBVAL_CHECK_OUTPUT cells")
+    print(write_notebook("cohort_overview", cells, execute="--no-execute" not in sys.argv))
