@@ -253,7 +253,13 @@ class ModelRegistry:
         if task == "ct-lung-nodule":
             pred = mod.predict(b, image.array, image.spacing, image.origin, image.direction)
         elif task == "cmr-function":
-            pred = mod.predict(b, image.array, {"spacing": image.spacing})
+            if image.array.ndim != 4:
+                raise ModelInputError("image", f"cmr-function needs a cine short-axis stack (frames, slices, rows, "
+                                               f"cols); got an array of shape {image.array.shape}")
+            spacing = [float(s) for s in image.spacing][-3:]
+            pred = mod.predict(b, image.array, {"pixel_spacing_mm": spacing[1:], "slice_thickness_mm":
+                                                image.meta.get("slice_thickness_mm", spacing[0]),
+                                                "spacing_between_slices_mm": spacing[0]})
         else:
             pred = mod.predict(b, image.array, ehr)
         findings = mod.to_findings(b, pred, patient_id, study_uid, series_uid, list(instance_uids), ehr)
