@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "fhir_samples"
-SHARED = Path(os.environ.get("CDS_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+SHARED = Path(os.path.abspath(os.environ.get("CDS_SHARED_DATA", REPO.parent / "shared" / "data")))  # no resolve(): keep ../shared short
 
 
 @pytest.fixture(scope="session")
