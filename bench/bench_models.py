@@ -47,6 +47,13 @@ def bare_input(bundle: Any, net: Any) -> tuple[Any, ...]:
         return (torch.rand(1, nd["in_features"]),)
     if target.endswith("FullyConnectedNet"):
         return (torch.rand(1, nd["in_channels"]),)
+    if target.endswith("UNet"):  # cmr-function: one pass over every frame x slice of a phantom cine
+        from cds.phantom import make_cine
+
+        cine, _ = make_cine(seed=12345)
+        f, s, h, w = cine.shape
+        pad = int(bundle.inference.get("pad_multiple", 16))
+        return (torch.rand(f * s, nd["in_channels"], -(-h // pad) * pad, -(-w // pad) * pad),)
     shape = bundle.card.get("inputs", {}).get("image", {}).get("network_input_shape")
     if shape:
         return (torch.rand(*shape),)
