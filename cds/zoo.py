@@ -892,31 +892,12 @@ def _run_sax_cine(loaded: _Loaded, images: Sequence[Any], ids: dict[str, Any],
             str(write_nifti(Image(labels[:, s], im.spacing, im.origin, im.direction, im.modality, dict(im.meta),
                                   im.source), Path(output_dir) / f"{stem}_slice{s:02d}_{SAX}.nii.gz"))
             for s, im in enumerate(imgs)]
-    specs = [("ef_pct", cmr_function.LOINC, "10230-1", "Left ventricular Ejection fraction", "%"),
-             ("edv_ml", cmr_function.LOINC, "75988-6", "Left ventricular End diastolic volume", "mL"),
-             ("esv_ml", cmr_function.LOINC, "75989-4", "Left ventricular End systolic volume", "mL"),
-             ("gcs_pct", cmr_function.LOCAL_CODES, "lv-gcs",
-              "Left ventricular global circumferential strain (CMR cine, mid-wall)", "%"),
-             ("grs_pct", cmr_function.LOCAL_CODES, "lv-grs",
-              "Left ventricular global radial strain (CMR cine, wall thickening)", "%")]
-    out = []
-    for key, system, code, display, unit in specs:
-        v = result.get(key)
-        if v is None or not np.isfinite(v):
-            continue
-        extra = dict(context)
-        if key == "ef_pct":
-            extra["ef_category"] = cmr_function.ef_category(float(v))
-        out.append(Finding(
-            patient_id=str(ids["patient_id"]), study_uid=str(ids["study_uid"]), code_system=system, code=code,
-            display=display, model_id=SAX, model_version=str(loaded.meta.get("version", "0")),
-            value=round(float(v), 2), unit=unit, series_uid=ids["series_uid"],
-            instance_uids=tuple(str(u) for u in ids["instance_uids"]),
-            explanation=(f"{SAX} segmentation of every short-axis image; LV volumes by Simpson's discs and strains "
-                         "from mid-ventricular contours (cds.models.cmr_function.function_from_masks)"),
-            extra=extra,
-        ))
-    return out
+    return cmr_function.measurement_findings(
+        result, model_id=SAX, model_version=str(loaded.meta.get("version", "0")), patient_id=ids["patient_id"],
+        study_uid=ids["study_uid"], series_uid=ids["series_uid"], instance_uids=ids["instance_uids"],
+        ehr_inputs=None, context=context,
+        explanation=(f"{SAX} segmentation of every short-axis image; LV volumes by Simpson's discs and strains "
+                     "from mid-ventricular contours (cds.models.cmr_function.function_from_masks)"))
 
 
 # --------------------------------------------------------------------------------------------- entry point

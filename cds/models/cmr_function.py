@@ -507,6 +507,43 @@ def ef_category(ef: float | None) -> str | None:
     return "reduced" if ef < EF_THRESHOLD else "not reduced"
 
 
+#: (result key, code system, code, display, unit) of each CMR function measurement Finding
+MEASURES = [
+    ("ef_pct", LOINC, "10230-1", "Left ventricular Ejection fraction", "%"),
+    ("edv_ml", LOINC, "75988-6", "Left ventricular End diastolic volume", "mL"),
+    ("esv_ml", LOINC, "75989-4", "Left ventricular End systolic volume", "mL"),
+    ("gcs_pct", LOCAL_CODES, "lv-gcs", "Left ventricular global circumferential strain (CMR cine, mid-wall)", "%"),
+    ("grs_pct", LOCAL_CODES, "lv-grs", "Left ventricular global radial strain (CMR cine, wall thickening)", "%"),
+]
+
+
+def measurement_findings(result: dict[str, Any], *, model_id: str, model_version: str, patient_id: str,
+                         study_uid: str, series_uid: str | None, instance_uids: Sequence[str],
+                         ehr_inputs: dict[str, Any] | None, context: dict[str, Any], explanation: str) -> list[Any]:
+    """One measurement Finding per :data:`MEASURES` entry present in ``result`` (EF, EDV, ESV, GCS, GRS).
+
+    Shared by :func:`to_findings` and the Model Zoo ventricular bundle adapter (:mod:`cds.zoo`), so
+    both report the same codes, units and EF category. A measurement that could not be made is left out.
+    """
+    from cds.finding import Finding
+
+    common = {"patient_id": str(patient_id), "study_uid": str(study_uid), "series_uid": series_uid,
+              "instance_uids": tuple(str(u) for u in instance_uids), "model_id": model_id,
+              "model_version": str(model_version), "ehr_inputs": dict(ehr_inputs or {})}
+    out = []
+    for key, system, code, display, unit in MEASURES:
+        v = result.get(key)
+        if v is None or not np.isfinite(v):
+            continue
+        extra = dict(context)
+        if key == "ef_pct":
+            extra.update({"ef_category": ef_category(float(v)), "reduced_below_pct": EF_THRESHOLD,
+                          "indeterminate_pct": list(EF_BAND)})
+        out.append(Finding(code_system=system, code=code, display=display, value=round(float(v), 2), unit=unit,
+                           explanation=explanation, extra=extra, **common))
+    return out
+
+
 def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: str, series_uid: str | None = None,
                 instance_uids: Sequence[str] = (), ehr_inputs: dict[str, Any] | None = None) -> list[Any]:
     """:class:`cds.finding.Finding` measurements (value + unit) for a :func:`predict` result.
@@ -517,38 +554,15 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
     ``interpretation`` is ``measured``: the Finding threshold rule (``value >= threshold`` is
     positive) cannot express "low is abnormal". A measurement that could not be made is left out.
     """
-    from cds.finding import Finding
-
     b = _bundle(bundle)
-    common = {"patient_id": str(patient_id), "study_uid": str(study_uid), "series_uid": series_uid,
-              "instance_uids": tuple(str(u) for u in instance_uids), "model_id": b.model_id,
-              "model_version": b.version, "ehr_inputs": dict(ehr_inputs or {})}
     context = {"ed_frame": pred.get("ed_frame"), "es_frame": pred.get("es_frame"),
                "mid_slices": pred.get("mid_slices"), "warnings": pred.get("warnings", []),
                "validation": "synthetic phantoms only; real-data validation pending"}
     expl = ("2D U-Net segmentation of every SAX image (trained on synthetic phantoms), Simpson's discs for "
             "volumes, mid-wall contours of mid-ventricular slices ED->ES for strains")
-    specs = [
-        ("ef_pct", LOINC, "10230-1", "Left ventricular Ejection fraction", "%"),
-        ("edv_ml", LOINC, "75988-6", "Left ventricular End diastolic volume", "mL"),
-        ("esv_ml", LOINC, "75989-4", "Left ventricular End systolic volume", "mL"),
-        ("gcs_pct", LOCAL_CODES, "lv-gcs", "Left ventricular global circumferential strain (CMR cine, mid-wall)",
-         "%"),
-        ("grs_pct", LOCAL_CODES, "lv-grs", "Left ventricular global radial strain (CMR cine, wall thickening)",
-         "%"),
-    ]
-    out = []
-    for key, system, code, display, unit in specs:
-        v = pred.get(key)
-        if v is None or not np.isfinite(v):
-            continue
-        extra = dict(context)
-        if key == "ef_pct":
-            extra.update({"ef_category": ef_category(float(v)), "reduced_below_pct": EF_THRESHOLD,
-                          "indeterminate_pct": list(EF_BAND)})
-        out.append(Finding(code_system=system, code=code, display=display, value=round(float(v), 2), unit=unit,
-                           explanation=expl, extra=extra, **common))
-    return out
+    return measurement_findings(pred, model_id=b.model_id, model_version=b.version, patient_id=patient_id,
+                                study_uid=study_uid, series_uid=series_uid, instance_uids=instance_uids,
+                                ehr_inputs=ehr_inputs, context=context, explanation=expl)
 
 
 # ------------------------------------------------------------------------------------- evaluation
