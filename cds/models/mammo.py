@@ -41,6 +41,7 @@ from cds.errors import ImageReadError, ModelInputError
 
 __all__ = [
     "WORK_SIZE",
+    "mias_bundle_provenance",
     "BreastRegion",
     "read_mammogram",
     "check_image",
@@ -713,3 +714,28 @@ def laterality_from_ehr(ehr: dict[str, Any] | None) -> str | None:
         if isinstance(v, str) and v.strip():
             return v.strip()
     return None
+
+
+def mias_bundle_provenance() -> dict[str, Any]:
+    """The MONAI metadata fields both mammography bundles share (authors, licence, versions, data).
+
+    >>> mias_bundle_provenance()["data_type"]
+    'png'
+    """
+    import platform
+
+    import monai
+    import torch
+
+    return {
+        "authors": "cds project",
+        "copyright": "cds project; trained on MIAS (research use only, see training_data.licence)",
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "required_packages_version": {},
+        "data_source": "mini-MIAS (J Suckling et al. 1994), 40 images of 20 women in this copy",
+        "data_type": "png",
+        "image_classes": "single-channel mammogram (digitised film, MLO view), 8-bit",
+    }

@@ -27,7 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +323,6 @@ def _extra_readme(perf: dict[str, Any]) -> list[str]:
 
 def _card(root: Path, ds: dict[str, Any], C: float, Cs: Any, threshold: float, quick: bool,
           seed: int) -> dict[str, Any]:
-    import monai
-    import torch
 
     n_img = len(ds["images"])
     n_women = len({im["woman"] for im in ds["images"]})
@@ -339,16 +336,7 @@ def _card(root: Path, ds: dict[str, Any], C: float, Cs: Any, threshold: float, q
         "description": "Breast region and pectoral removal, multi-scale difference-of-Gaussians blob candidates "
                        "(normalised convolution), 8 features per candidate, "
                        "logistic-regression scorer.",
-        "authors": "cds project",
-        "copyright": "cds project; trained on MIAS (research use only, see training_data.licence)",
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "required_packages_version": {},
-        "data_source": "mini-MIAS (J Suckling et al. 1994), 40 images of 20 women in this copy",
-        "data_type": "png",
-        "image_classes": "single-channel mammogram (digitised film, MLO view), 8-bit",
+        **mammo.mias_bundle_provenance(),
         "label_classes": "candidate hits a marked MIAS abnormality (1) or not (0)",
         "pred_classes": "logit of a candidate being a marked abnormality",
         "eval_metrics": {},

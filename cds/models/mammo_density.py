@@ -21,7 +21,6 @@ True
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +234,6 @@ def _extra_readme(perf: dict[str, Any]) -> list[str]:
 
 def _card(data_dir: Path, n: int, n_women: int, C: float, Cs: Any, quick: bool, seed: int,
           counts: dict[str, int]) -> dict[str, Any]:
-    import monai
-    import torch
 
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
@@ -246,16 +243,7 @@ def _card(data_dir: Path, n: int, n_women: int, C: float, Cs: Any, quick: bool, 
         "task": "Mammogram background-tissue (density) class, MIAS F/G/D",
         "description": "Breast region (Otsu-based, labels/film edges removed), pectoral muscle removed (MLO), "
                        "18 intensity/texture features, multinomial logistic regression.",
-        "authors": "cds project",
-        "copyright": "cds project; trained on MIAS (research use only, see training_data.licence)",
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "required_packages_version": {},
-        "data_source": "mini-MIAS (J Suckling et al. 1994), 40 images of 20 women in this copy",
-        "data_type": "png",
-        "image_classes": "single-channel mammogram (digitised film, MLO view), 8-bit",
+        **mammo.mias_bundle_provenance(),
         "label_classes": "F (fatty), G (fatty-glandular), D (dense-glandular)",
         "pred_classes": "softmax probabilities for F, G, D",
         "eval_metrics": {},
