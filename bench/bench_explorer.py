@@ -46,12 +46,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import cds
-    from cds.explorer_app import load_findings
-    from cds.imageio import Image, read_image
-    from cds.render import Overlay
-    from cds.review_store import ReviewStore
-    from cds.widgets.case_view import CaseView
-    from cds.widgets.viewer import ImageViewer
+    from cds.explorer.app import load_findings
+    from cds.explorer.widgets.case_view import CaseView
+    from cds.explorer.widgets.viewer import ImageViewer
+    from cds.images.imageio import Image, read_image
+    from cds.images.render import Overlay
+    from cds.review.store import ReviewStore
 
     cohort = cds.load_cohort(args.cohort, validate=False, reference_date="2020-06-02")
     img_rows = cohort.imaging[cohort.imaging["pixel_location"].notna()]
@@ -61,7 +61,7 @@ def main() -> None:
     else:
         import torch
 
-        from cds.registry import ModelRegistry
+        from cds.models.registry import ModelRegistry
 
         torch.set_num_threads(1)
         t0 = time.perf_counter()

@@ -24,14 +24,14 @@ from pathlib import Path
 folder, variant = sys.argv[1], sys.argv[2]
 import orjson
 if variant != "orjson":
-    import cds.cohort, cds.fhir_validate, pandas  # imports are not part of the timing
+    import cds.sources.cohort, cds.sources.fhir_validate, pandas  # imports are not part of the timing
     from fhir.resources.R4B import get_fhir_model_class
 t = time.perf_counter()
 if variant == "orjson":
     docs = [orjson.loads(p.read_bytes()) for p in sorted(Path(folder).rglob("*.json"))]
     n = sum(len(d.get("entry", [])) for d in docs)
 else:
-    c = cds.cohort.load_cohort(folder, validate=(variant == "tables+validation"), reference_date="2026-01-01")
+    c = cds.sources.cohort.load_cohort(folder, validate=(variant == "tables+validation"), reference_date="2026-01-01")
     n = sum(len(df) for df in c.tables().values())
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

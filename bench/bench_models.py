@@ -48,7 +48,7 @@ def bare_input(bundle: Any, net: Any) -> tuple[Any, ...]:
     if target.endswith("FullyConnectedNet"):
         return (torch.rand(1, nd["in_channels"]),)
     if target.endswith("UNet"):  # cmr-function: one pass over every frame x slice of a phantom cine
-        from cds.phantom import make_cine
+        from cds.models.tasks.phantom import make_cine
 
         cine, _ = make_cine(seed=12345)
         f, s, h, w = cine.shape
@@ -63,8 +63,8 @@ def bare_input(bundle: Any, net: Any) -> tuple[Any, ...]:
 def pipeline_cases() -> dict[str, Callable[[Any, Any], Callable[[], Any]]]:
     """model id -> (registry, bundle) -> a callable running one study end to end."""
     import cds
-    from cds.imageio import read_image
-    from cds.registry import ehr_inputs_for
+    from cds.images.imageio import read_image
+    from cds.models.registry import ehr_inputs_for
 
     cohort = cds.load_cohort(REPO / "fhir_samples", validate=False, reference_date="2026-01-01")
     cxr = cohort.imaging.dropna(subset=["pixel_location"]).iloc[0]
@@ -97,9 +97,9 @@ def pipeline_cases() -> dict[str, Callable[[Any, Any], Callable[[], Any]]]:
     def cmr_case(reg: Any, b: Any) -> Callable[[], Any]:
         import importlib
 
-        from cds.phantom import make_cine
+        from cds.models.tasks.phantom import make_cine
 
-        mod = importlib.import_module("cds.models.cmr_function")
+        mod = importlib.import_module("cds.models.tasks.cmr_function")
         cine, truth = make_cine(seed=12345)
         geometry = truth["geometry"] if "geometry" in truth else truth
 
@@ -120,7 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from cds.registry import ModelRegistry
+    from cds.models.registry import ModelRegistry
 
     torch.set_num_threads(2)
     reg = ModelRegistry(user_dirs=[])

@@ -15,8 +15,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_cohort": "cds.cohort",
-    "Cohort": "cds.cohort",
+    "load_cohort": "cds.sources.cohort",
+    "Cohort": "cds.sources.cohort",
     "Finding": "cds.finding",
     "Location": "cds.finding",
 }

@@ -16,11 +16,11 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-from cds.tasks import TASK_MODULES as TASKS
+from cds.models.tasks import TASK_MODULES as TASKS
 
 
 def _cmd_cohort_summary(args: argparse.Namespace) -> int:
-    from cds.cohort import load_cohort
+    from cds.sources.cohort import load_cohort
 
     cohort = load_cohort(args.path, validate=not args.no_validate, reference_date=args.reference_date)
     summary = cohort.summary()
@@ -37,7 +37,7 @@ def _cmd_cohort_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_samples_build(args: argparse.Namespace) -> int:
-    from cds.samples import build_sample_cohort
+    from cds.tooling.samples import build_sample_cohort
 
     summary = build_sample_cohort(args.synthea, args.hannover, args.out)
     print(json.dumps(summary, indent=2, default=str))
@@ -45,7 +45,7 @@ def _cmd_samples_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_overview(args: argparse.Namespace) -> int:
-    from cds.notebook_run import run_notebook
+    from cds.reports.notebook_run import run_notebook
 
     params = {"cohort": str(Path(args.cohort).resolve()), "out_dir": str(Path(args.out).resolve())}
     if args.reference_date:
@@ -57,7 +57,7 @@ def _cmd_overview(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from cds.registry import ModelRegistry
+    from cds.models.registry import ModelRegistry
 
     reg = ModelRegistry(user_dirs=args.models_dir or None)
     table = reg.list_models()
@@ -72,7 +72,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cds.report import main_report
+    from cds.reports.report import main_report
 
     return main_report(args)
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--reference-date", help="date ages are computed at (YYYY-MM-DD)")
     o.set_defaults(func=_cmd_overview)
 
-    from cds.report import add_report_arguments
+    from cds.reports.report import add_report_arguments
 
     r = sub.add_parser("report", help="scheduled cohort report: models, triage, performance -> HTML, "
                        "results.json, FHIR results")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one compact JSON object")
     e.set_defaults(func=_cmd_evaluate)
 
-    from cds.explorer_app import add_explorer_parser
+    from cds.explorer.app import add_explorer_parser
 
     add_explorer_parser(sub)
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from cds.fhir_read import read_resources
+from cds.sources.fhir_read import read_resources
 
 
 def _outcome(msg: str) -> dict:

@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 
 import cds
-from cds.explorer_app import free_port, load_findings, run_explorer, save_findings, write_notebook
-from cds.review_store import OVERRIDE_REASONS
-from cds.widgets.static import _num, latest_results
-from cds.widgets.worklist import row_label
-from cds.worklist import build_worklist
+from cds.explorer.app import free_port, load_findings, run_explorer, save_findings, write_notebook
+from cds.explorer.widgets.static import _num, latest_results
+from cds.explorer.widgets.worklist import row_label
+from cds.review.store import OVERRIDE_REASONS
+from cds.review.worklist import build_worklist
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,7 +73,7 @@ def case(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """Real pneumonia findings (registry run) for three Hannover patients; the patient the test picks."""
     import torch
 
-    from cds.registry import ModelRegistry
+    from cds.models.registry import ModelRegistry
 
     torch.set_num_threads(1)
     cohort = cds.load_cohort(samples_dir, validate=False, reference_date=REFERENCE_DATE)

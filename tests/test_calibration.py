@@ -1,4 +1,4 @@
-"""cds.calibration: temperature scaling, isotonic calibration, reliability / ECE, the calibrated network."""
+"""cds.evaluation.calibration: temperature scaling, isotonic calibration, reliability / ECE, the calibrated network."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cds.calibration import (
+from cds.errors import ParameterError
+from cds.evaluation.calibration import (
     Calibrator,
     brier_score,
     calibrated_network,
@@ -19,8 +20,7 @@ from cds.calibration import (
     plot_reliability,
     reliability_curve,
 )
-from cds.errors import ParameterError
-from cds.metrics import auroc
+from cds.evaluation.metrics import auroc
 
 
 def _data(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,13 +124,13 @@ def test_calibrated_network_matches_the_numpy_map_and_loads_from_a_monai_config(
     import torch
     from monai.bundle import ConfigParser
 
-    from cds.models.common2d import gradcam_map, sigmoid
+    from cds.models.tasks.common2d import gradcam_map, sigmoid
 
     y, _, p = _data(300, 3.0, 7)
     cal = fit_calibrator(method, y, p)
-    base_def = {"_target_": "cds.models.common2d.tabular_cnn2d", "in_channels": 1, "n_tabular": 0, "width": 4,
+    base_def = {"_target_": "cds.models.tasks.common2d.tabular_cnn2d", "in_channels": 1, "n_tabular": 0, "width": 4,
                 "n_stages": 2}
-    cfg = {"_target_": "cds.calibration.calibrated_network", "method": cal.method, "params": cal.to_dict()["params"],
+    cfg = {"_target_": "cds.evaluation.calibration.calibrated_network", "method": cal.method, "params": cal.to_dict()["params"],
            "base": base_def}
     torch.manual_seed(0)
     net = ConfigParser({"net": cfg}).get_parsed_content("net", instantiate=True).eval()
@@ -148,7 +148,7 @@ def test_calibrated_network_matches_the_numpy_map_and_loads_from_a_monai_config(
 def test_calibrated_network_passes_tabular_inputs() -> None:
     import torch
 
-    from cds.models.common2d import tabular_cnn2d
+    from cds.models.tasks.common2d import tabular_cnn2d
 
     base = tabular_cnn2d(n_tabular=2, width=4, n_stages=2).eval()
     net = calibrated_network(base, "temperature", {"temperature": 2.0}).eval()

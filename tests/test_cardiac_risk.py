@@ -1,4 +1,4 @@
-"""cds.cardiac_risk: the Cox-form model, FHIR clinical features, phantom CMR inputs, RiskAssessment output."""
+"""cds.studies.cardiac_risk: the Cox-form model, FHIR clinical features, phantom CMR inputs, RiskAssessment output."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import cds
-from cds import cardiac_risk as cr
 from cds.errors import ParameterError
 from cds.finding import Finding
+from cds.studies import cardiac_risk as cr
 
 REFERENCE = {"gcs_pct": -24.2, "age_years": 60.0, "male": 0, "diabetes": 0, "prior_mi": 0, "troponin_elevated": 0,
              "creatinine_mg_dl": 1.0}
@@ -139,7 +139,7 @@ def _cmr_findings(pid: str) -> list[Finding]:
 
 
 def test_cmr_features_reference_the_results_writer_ids() -> None:
-    from cds.fhir_results import observation_id
+    from cds.fhir.results import observation_id
 
     fs = _cmr_findings("pa")
     c = cr.cmr_features(fs)
@@ -179,7 +179,7 @@ def test_missing_cmr_bundle_names_the_parameter(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cmr_bundle() -> Path:
-    from cds.models import cmr_function
+    from cds.models.tasks import cmr_function
 
     path = cmr_function.default_bundle_dir()
     if not (path / "configs" / "metadata.json").is_file():

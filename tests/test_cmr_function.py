@@ -1,4 +1,4 @@
-"""cds.phantom (deforming-heart cine phantoms) and cds.models.cmr_function (LV volumes, EF, strain)."""
+"""cds.models.tasks.phantom (deforming-heart cine phantoms) and cds.models.tasks.cmr_function (LV volumes, EF, strain)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
-from cds.models import cmr_function as cmr
-from cds.phantom import (
+from cds.models.tasks import cmr_function as cmr
+from cds.models.tasks.phantom import (
     activation,
     generate_dataset,
     list_cases,
@@ -181,7 +181,7 @@ def test_function_from_masks_on_binary_masks() -> None:
 # ---------------------------------------------------------------------------- the shipped model
 @pytest.fixture(scope="module")
 def bundle():
-    from cds.bundle import load_bundle
+    from cds.models.bundle import load_bundle
 
     path = cmr.default_bundle_dir()
     if not (path / "models" / "model.pt").exists():
@@ -262,7 +262,7 @@ def test_card_numbers_equal_a_rerun(bundle, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_quick_train_writes_a_loadable_bundle(tmp_path) -> None:
-    from cds.bundle import load_bundle
+    from cds.models.bundle import load_bundle
 
     path = cmr.train(None, tmp_path / "b", quick=True)
     b = load_bundle(path)

@@ -1,4 +1,4 @@
-"""Tests of the ``ct-lung-nodule`` reference model (cds.models.ct_lung_nodule, cds.models.lung_ct).
+"""Tests of the ``ct-lung-nodule`` reference model (cds.models.tasks.ct_lung_nodule, cds.models.tasks.lung_ct).
 
 The first group needs no data (synthetic phantoms, fake series); the second runs the shipped bundle
 on the real Lung-PET-CT-Dx series in ../shared/data (skipped when absent).
@@ -15,8 +15,8 @@ import pytest
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
 from cds.finding import Finding
-from cds.models import ct_lung_nodule as M
-from cds.models import lung_ct as L
+from cds.models.tasks import ct_lung_nodule as M
+from cds.models.tasks import lung_ct as L
 
 SERIES = "lung-pet-ct-dx/Lung_Dx-A0001/2.000000-5mm-40805"
 AXIAL = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])  # columns: slice normal (+z), column dir (+y), row dir (+x)
@@ -197,7 +197,7 @@ def test_reader_and_evaluate_errors(tmp_path: Path) -> None:
 
 
 def test_shipped_bundle_card() -> None:
-    from cds.bundle import load_bundle
+    from cds.models.bundle import load_bundle
 
     b = load_bundle(M.DEFAULT_BUNDLE)
     c = b.card

@@ -1,4 +1,4 @@
-"""cds.dicomweb against a REAL Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``), plus offline unit tests.
+"""cds.images.dicomweb against a REAL Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``), plus offline unit tests.
 
 The Orthanc tests (marker ``orthanc``) skip when Orthanc is not installed, and fail when ``CI`` is set.
 """
@@ -14,9 +14,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from cds.dicomweb import DicomWebError, DicomWebSource, _frame_array
 from cds.errors import ImageReadError, ParameterError
-from cds.imageio import read_image
+from cds.images.dicomweb import DicomWebError, DicomWebSource, _frame_array
+from cds.images.imageio import read_image
 from tests import orthanc as orthanc_helper
 from tests.orthanc import OrthancStartError, free_port, orthanc_session, running_orthanc
 

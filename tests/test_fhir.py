@@ -168,7 +168,7 @@ def test_fhir_server_rest_search_matches_file_load(tmp_path: Path) -> None:
     write(tmp_path / "b.json", bundle(PATIENT, ENCOUNTER, *obs))
     from_file = cds.load_cohort(tmp_path, reference_date="2021-01-01")
     with serve_fhir(tmp_path) as base:
-        from cds import fhir_read
+        from cds.sources import fhir_read
 
         res, probs = fhir_read.read_server(base, page_size=3)  # forces paging over "next" links
         assert len(res) == 9 and probs == []

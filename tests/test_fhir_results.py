@@ -1,4 +1,4 @@
-"""cds.fhir_results: Findings -> FHIR R4 transaction Bundle, results.json, POST to a FHIR server."""
+"""cds.fhir.results: Findings -> FHIR R4 transaction Bundle, results.json, POST to a FHIR server."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle as R4Bundle
 
 import cds
-from cds.bundle import load_bundle
 from cds.errors import CdsError, ParameterError
-from cds.fhir_results import (
+from cds.fhir.results import (
     AI_CONFIDENCE_URL,
     LOCATION_URL,
     FhirWriteError,
@@ -36,8 +35,9 @@ from cds.fhir_results import (
     results_json,
     risk_assessment_id,
 )
-from cds.fhir_validate import validate_resource
 from cds.finding import Finding, Location
+from cds.models.bundle import load_bundle
+from cds.sources.fhir_validate import validate_resource
 
 RECORDED = "2026-01-02T03:04:05Z"
 SNOMED = "http://snomed.info/sct"
@@ -70,8 +70,8 @@ def cards(repo) -> dict[str, Any]:
                       "performance": {"metrics": {"froc": {"value": 0.61, "ci95": [0.5, 0.7]}}}}}
     cmr = {"model_id": "cmr-function", "body_site": "heart", "intended_use": "LV function from cine SAX"}
     return {
-        "cxr-cardiomegaly": load_bundle(repo / "cds" / "bundles" / "cxr-cardiomegaly"),
-        "mammo-density": load_bundle(repo / "cds" / "bundles" / "mammo-density"),
+        "cxr-cardiomegaly": load_bundle(repo / "cds" / "models" / "bundles" / "cxr-cardiomegaly"),
+        "mammo-density": load_bundle(repo / "cds" / "models" / "bundles" / "mammo-density"),
         "cxr-icu": icu, "ct-lung-nodule": nodule, "cmr-function": cmr,
     }
 

@@ -1,4 +1,4 @@
-"""cds.imageio: DICOM files/series, NIfTI, PNG/JPEG, patient geometry and every bad-input case."""
+"""cds.images.imageio: DICOM files/series, NIfTI, PNG/JPEG, patient geometry and every bad-input case."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from cds.errors import ImageReadError, ParameterError
-from cds.imageio import Image, index_to_lps, lps_to_index, read_image, write_nifti
+from cds.images.imageio import Image, index_to_lps, lps_to_index, read_image, write_nifti
 
 # ------------------------------------------------------------------------------------------ helpers
 

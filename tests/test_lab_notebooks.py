@@ -82,7 +82,7 @@ def test_reader_study_simulated_cases_then_the_written_store(repo: Path, tmp_pat
 
 
 def test_cardiac_risk_one_patient_published_terms_only(repo: Path, tmp_path: Path) -> None:
-    from cds.models import cmr_function
+    from cds.models.tasks import cmr_function
 
     if not (cmr_function.default_bundle_dir() / "configs" / "metadata.json").is_file():
         pytest.skip("shipped cmr-function bundle not present (`cds train cmr-function`)")

@@ -1,4 +1,4 @@
-"""Tests of the mammography reference models (cds.models.mammo, mammo_density, mammo_abnormality).
+"""Tests of the mammography reference models (cds.models.tasks.mammo, mammo_density, mammo_abnormality).
 
 Tests on real images use ../shared/data/mini-mias through the ``shared_data`` fixture (skipped with
 the reason when absent). The two full evaluations (about 10 s and 30 s on one core) run once per
@@ -17,9 +17,9 @@ import pytest
 
 from cds.errors import CdsError, ImageReadError, ModelInputError, ParameterError
 from cds.finding import Finding
-from cds.models import mammo
-from cds.models import mammo_abnormality as ma
-from cds.models import mammo_density as md
+from cds.models.tasks import mammo
+from cds.models.tasks import mammo_abnormality as ma
+from cds.models.tasks import mammo_density as md
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_unseen_and_mixed_folders(mias: Path, tmp_path: Path) -> None:
 
 
 def test_quick_train_writes_loadable_bundles(mias: Path, tmp_path: Path) -> None:
-    from cds.bundle import load_bundle
+    from cds.models.bundle import load_bundle
 
     out = md.train(mias, tmp_path / "density", quick=True)
     b = load_bundle(out)

@@ -1,4 +1,4 @@
-"""cds.model_lab: train -> cases -> calibrate -> GradCAM -> export -> register, on the shared data."""
+"""cds.studies.model_lab: train -> cases -> calibrate -> GradCAM -> export -> register, on the shared data."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cds import model_lab as ml
 from cds.errors import ParameterError
+from cds.studies import model_lab as ml
 
 pytestmark = pytest.mark.shared
 
@@ -37,7 +37,7 @@ def test_parts_are_disjoint_halves_of_val_and_deterministic(pneumonia_lab: dict)
 
 
 def test_case_scores_reproduce_the_task_modules_evaluate(pneumonia_lab: dict) -> None:
-    from cds.metrics import auroc
+    from cds.evaluation.metrics import auroc
 
     res = ml.evaluate("pneumonia", pneumonia_lab["data"], pneumonia_lab["trained"]["bundle"], n_boot=50)
     cases = pneumonia_lab["cases"]
@@ -54,8 +54,8 @@ def test_case_scores_reproduce_the_task_modules_evaluate(pneumonia_lab: dict) ->
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
 def test_export_builds_calibration_into_the_bundle(pneumonia_lab: dict, method: str) -> None:
-    from cds.bundle import load_bundle
-    from cds.models import pneumonia
+    from cds.models.bundle import load_bundle
+    from cds.models.tasks import pneumonia
 
     cases, trained = pneumonia_lab["cases"], pneumonia_lab["trained"]["bundle"]
     cal = ml.fit_calibration(cases, method)
@@ -75,7 +75,7 @@ def test_export_builds_calibration_into_the_bundle(pneumonia_lab: dict, method: 
     assert card["derived_from"]["model_id"] == "pneumonia"
     assert "## Calibration" in (out / "docs" / "README.md").read_text()
     inf = json.loads((out / "configs" / "inference.json").read_text())
-    assert inf["network_def"]["_target_"] == "cds.calibration.calibrated_network"
+    assert inf["network_def"]["_target_"] == "cds.evaluation.calibration.calibrated_network"
     # the card's performance was re-measured on the calibrated bundle: same decisions, same ranking
     perf = card["performance"]["metrics"]
     for k in ("auroc", "sensitivity", "specificity"):
@@ -88,7 +88,7 @@ def test_export_builds_calibration_into_the_bundle(pneumonia_lab: dict, method: 
 
 
 def test_register_copies_into_the_models_dir_and_refuses_clobbering(pneumonia_lab: dict, tmp_path: Path) -> None:
-    from cds.registry import ModelRegistry
+    from cds.models.registry import ModelRegistry
 
     cases, trained = pneumonia_lab["cases"], pneumonia_lab["trained"]["bundle"]
     cal = ml.fit_calibration(cases, "none")
@@ -110,7 +110,7 @@ def test_register_copies_into_the_models_dir_and_refuses_clobbering(pneumonia_la
     with pytest.raises(ParameterError, match="not written by the model lab"):
         ml._remove_own_folder(foreign)
     assert (foreign / "configs" / "metadata.json").exists()
-    from cds.registry import BUILTIN_DIR
+    from cds.models.registry import BUILTIN_DIR
 
     with pytest.raises(ParameterError, match="not written by the model lab"):
         ml._remove_own_folder(BUILTIN_DIR / "pneumonia")  # what train() checks before writing to out_dir
@@ -143,7 +143,7 @@ def test_gradcam_on_the_most_confident_errors(pneumonia_lab: dict) -> None:
 
 
 def test_cardiomegaly_parts_follow_the_training_manifest(shared_data: Path, tmp_path: Path) -> None:
-    from cds.models import cxr_cardiomegaly as cm
+    from cds.models.tasks import cxr_cardiomegaly as cm
 
     data = shared_data / "nih-cxr14-thumbs64"
     trained = ml.train("cxr-cardiomegaly", data, tmp_path / "cm", seed=0, quick=True)
@@ -156,7 +156,7 @@ def test_cardiomegaly_parts_follow_the_training_manifest(shared_data: Path, tmp_
     assert set(cases["test"].groups) == test_patients
     assert cases["test"].tabular.shape == (len(cases["test"]), 2)
     res = ml.evaluate("cxr-cardiomegaly", data, trained["bundle"], n_boot=50)
-    from cds.metrics import auroc
+    from cds.evaluation.metrics import auroc
 
     assert res["n_cases"] == len(cases["test"])
     assert round(auroc(cases["test"].y, cases["test"].p), 4) == res["metrics"]["auroc"]["value"]

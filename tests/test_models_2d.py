@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cds.bundle import load_bundle
 from cds.errors import ModelInputError, ParameterError
 from cds.finding import Finding
-from cds.models import cxr_cardiomegaly, cxr_icu, pneumonia
-from cds.models.common2d import DataLayoutError, read_gray
+from cds.models.bundle import load_bundle
+from cds.models.tasks import cxr_cardiomegaly, cxr_icu, pneumonia
+from cds.models.tasks.common2d import DataLayoutError, read_gray
 
 pytestmark = pytest.mark.shared
 

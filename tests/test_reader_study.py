@@ -1,4 +1,4 @@
-"""cds.reader_study: simulated readers written through ReviewStore, and the before/after-AI analysis."""
+"""cds.studies.reader_study: simulated readers written through ReviewStore, and the before/after-AI analysis."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cds import reader_study as rs
 from cds.errors import ParameterError
 from cds.finding import Finding
-from cds.review_store import ReviewStore
+from cds.review.store import ReviewStore
+from cds.studies import reader_study as rs
 
 
 def _finding(i: int, p: float, threshold: float = 0.5) -> Finding:
@@ -210,7 +210,7 @@ def test_simulated_cases_and_parameters() -> None:
 
 @pytest.mark.shared
 def test_cases_from_the_pneumonia_model_include_every_ai_error(shared_data: Path) -> None:
-    from cds.models import pneumonia
+    from cds.models.tasks import pneumonia
 
     cases = rs.cases_from_model("pneumonia", shared_data / "medmnist", n_cases=60, seed=0)
     assert len(cases) == 60 and cases["case_id"].is_unique

@@ -13,7 +13,7 @@ import pytest
 
 import cds
 from cds.errors import ModelInputError, ParameterError
-from cds.registry import BUILTIN_DIR, ModelRegistry, ehr_inputs_for
+from cds.models.registry import BUILTIN_DIR, ModelRegistry, ehr_inputs_for
 
 BUILTIN = {"pneumonia", "cxr-cardiomegaly", "cxr-icu", "ct-lung-nodule", "mammo-density", "mammo-abnormality",
            "cmr-function"}

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image as PILImage
 
 from cds.finding import Finding, Location
-from cds.imageio import Image, index_to_lps
-from cds.render import (
+from cds.images.imageio import Image, index_to_lps
+from cds.images.render import (
     CT_PRESETS,
     Overlay,
     apply_window,

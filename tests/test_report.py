@@ -1,4 +1,4 @@
-"""Cohort reports (cds.report): parameter validation before any work, the triage simulation, metrics,
+"""Cohort reports (cds.reports.report): parameter validation before any work, the triage simulation, metrics,
 and whole runs of notebooks/cohort_report.ipynb on a small copy of the sample cohort: four outputs,
 R4-valid FHIR results, identical reruns, listed per-study failures, de-identified outputs free of
 names / ids / birth dates, the failing cell named, and POST to a local transaction server.
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cds import report as rp
 from cds.errors import ParameterError
-from cds.notebook_run import NotebookFailed
+from cds.reports import report as rp
+from cds.reports.notebook_run import NotebookFailed
 from tests.test_fhir_results import fhir_transaction_server
 
 HANNOVER = ["04a33bab", "0664ee2b", "0f2b9fbd", "14d9761b", "177330aa"]  # 2 with an ICU stay, 3 without
@@ -50,7 +50,7 @@ def small_cohort(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _secrets(cohort: Path) -> dict[str, set[str]]:
-    """Identifying strings read straight from the bundles (independently of cds.report)."""
+    """Identifying strings read straight from the bundles (independently of cds.reports.report)."""
     out: dict[str, set[str]] = {"id": set(), "name": set(), "birth_date": set(), "uid": set()}
     for f in cohort.rglob("*.json"):
         for e in json.loads(f.read_text())["entry"]:
@@ -175,7 +175,7 @@ def test_notebook_parameters_match_the_spec_and_names(repo):
 def test_notebook_validation_cell_names_the_parameter(tmp_path, small_cohort):
     """Run through papermill directly (no run_report pre-check): the cell after `parameters` fails."""
     with pytest.raises(NotebookFailed) as err:
-        from cds.notebook_run import run_notebook
+        from cds.reports.notebook_run import run_notebook
 
         run_notebook(rp.NOTEBOOK, tmp_path, {"cohort": str(small_cohort), "out_dir": str(tmp_path),
                                              "modls": ["pneumonia"]}, progress=False)
@@ -249,7 +249,7 @@ def test_cli_arguments(tmp_path, monkeypatch):
 
 
 def test_anchors_hold_the_published_numbers():
-    from cds.anchors import ANCHORS, anchors_for, get_anchor
+    from cds.evaluation.anchors import ANCHORS, anchors_for, get_anchor
 
     assert [a.short for a in ANCHORS] == ["McKinney 2020", "Bhave 2024", "Backhaus 2022", "Yu 2024", "TorchXRayVision"]
     assert get_anchor("mckinney2020").numbers["auroc_uk"] == 0.966 and get_anchor("mckinney2020").numbers["auroc_us"] == 0.883
@@ -397,7 +397,7 @@ def test_leak_check_catches_identifiers(tmp_path):
 def test_failing_cell_is_named_and_exit_code_nonzero(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "cds.report", "--cohort", str(empty), "--out", str(tmp_path / "o"),
+    r = subprocess.run([sys.executable, "-m", "cds.reports.report", "--cohort", str(empty), "--out", str(tmp_path / "o"),
                         "--no-progress", "--models", "pneumonia"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert re.search(r"cohort_report.ipynb: cell \d+ failed: FhirInputError: .*empty", r.stderr), r.stderr[-2000:]
@@ -427,8 +427,8 @@ def test_threshold_override_and_date_window_in_process(small_cohort, tmp_path):
 
 
 def test_importing_the_report_module_stays_light():
-    """`cds report` builds its options from cds.report: importing it must not pull in pandas or torch."""
-    code = "import sys, cds.report; print(sorted(m for m in ('pandas', 'numpy', 'torch', 'matplotlib') if m in sys.modules))"
+    """`cds report` builds its options from cds.reports.report: importing it must not pull in pandas or torch."""
+    code = "import sys, cds.reports.report; print(sorted(m for m in ('pandas', 'numpy', 'torch', 'matplotlib') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
 

@@ -10,7 +10,7 @@ import pytest
 
 from cds.errors import ParameterError
 from cds.finding import Finding
-from cds.review_store import (
+from cds.review.store import (
     OVERRIDE_REASON_SYSTEM,
     ReviewStore,
     ReviewStoreError,

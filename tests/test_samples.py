@@ -1,4 +1,4 @@
-"""The embedded sample cohort ``fhir_samples/`` and its converter ``cds.samples``.
+"""The embedded sample cohort ``fhir_samples/`` and its converter ``cds.tooling.samples``.
 
 (a) The committed folder: valid R4, complete (49 Hannover patients, 188 radiographs), every
 ImagingStudy pointing at a readable DICOM file with the same UIDs, labs coded and deduplicated,
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cds import samples
 from cds.errors import FhirInputError, ImageReadError, ParameterError
+from cds.tooling import samples
 
 N_HANNOVER_PATIENTS = 49
 N_HANNOVER_IMAGES = 188
@@ -228,7 +228,7 @@ def test_licences_are_the_sources(samples_dir: Path, shared_data: Path) -> None:
 
 
 def test_the_table_builder_uses_the_same_extension() -> None:
-    from cds import tables
+    from cds.sources import tables
 
     assert samples.INSTANCE_LOCATION_URL == tables.INSTANCE_LOCATION_URL
 

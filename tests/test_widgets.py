@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import cds
+from cds.explorer.widgets.explorer import CaseExplorer
+from cds.explorer.widgets.viewer import ImageViewer
 from cds.finding import Finding, Location
-from cds.imageio import Image
-from cds.review_store import ReviewStore
-from cds.widgets.explorer import CaseExplorer
-from cds.widgets.viewer import ImageViewer
+from cds.images.imageio import Image
+from cds.review.store import ReviewStore
 
 SNOMED = "http://snomed.info/sct"
 
@@ -113,7 +113,7 @@ def test_viewer_controls_change_the_image() -> None:
     # overlay on/off and opacity
     heat = np.zeros((64, 64), np.float32)
     heat[:32] = 1.0
-    from cds.render import Overlay
+    from cds.images.render import Overlay
 
     v.set_overlays([Overlay("heatmap", heat)])
     with_ov = v.image.value
@@ -188,7 +188,7 @@ def test_notebook_runs_under_papermill_and_exports_the_case_as_html(repo: Path, 
     import nbformat
     import papermill as pm
 
-    from cds.notebook_run import to_html
+    from cds.reports.notebook_run import to_html
 
     full = cds.load_cohort(samples_dir, validate=False)
     pids = _hannover_patients(full, 6)[-2:]  # two patients with few studies: a quick model run

@@ -7,7 +7,13 @@ import pytest
 
 from cds.errors import ParameterError
 from cds.finding import Finding
-from cds.worklist import build_worklist, filter_worklist, findings_frame, format_wait, worklist_for_cohort
+from cds.review.worklist import (
+    build_worklist,
+    filter_worklist,
+    findings_frame,
+    format_wait,
+    worklist_for_cohort,
+)
 
 
 def _imaging() -> pd.DataFrame:

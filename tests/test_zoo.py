@@ -1,4 +1,4 @@
-"""cds.zoo: three MONAI Model Zoo bundles run unmodified from folders like a user's download.
+"""cds.models.zoo: three MONAI Model Zoo bundles run unmodified from folders like a user's download.
 
 The folders come from tests/zoo_fixtures.py: the zoo's configs with seeded random weights (the real
 weights cannot be downloaded here), so these tests check the code path and the mapping to Findings
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cds import zoo
-from cds.bundle import BundleError
 from cds.errors import ImageReadError, ModelInputError, ParameterError
-from cds.imageio import Image, index_to_lps, read_image, read_nifti, write_nifti
+from cds.images.imageio import Image, index_to_lps, read_image, read_nifti, write_nifti
+from cds.models import zoo
+from cds.models.bundle import BundleError
 from tests.zoo_fixtures import CONFIGS, torchvision_available, write_zoo_bundle
 
 torch = pytest.importorskip("torch")
@@ -396,7 +396,7 @@ def test_sax_label_orientation_with_a_threshold_network(bundles: dict[str, Path]
 
 
 def _phantom_cine_images(n_frames: int = 6, size: int = 64):
-    from cds.phantom import make_cine
+    from cds.models.tasks.phantom import make_cine
 
     cine, truth = make_cine(3, n_frames=n_frames, rows=size, cols=size, supersample=2)
     g = truth["geometry"]
@@ -410,7 +410,7 @@ def _phantom_cine_images(n_frames: int = 6, size: int = 64):
 def test_sax_cine_stack_gives_lv_function(bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
     """A list of per-slice cines -> zoo labels (here the phantom's truth) -> cmr_function EF/EDV/ESV Findings."""
-    from cds.models.cmr_function import function_from_masks
+    from cds.models.tasks.cmr_function import function_from_masks
 
     images, truth = _phantom_cine_images()
     labels = np.zeros(truth["lv_frac"].shape, np.uint8)

@@ -2,7 +2,7 @@
 
 The real bundles (``lung_nodule_ct_detection``, ``breast_density_classification``,
 ``ventricular_short_axis_3label``) cannot be downloaded on the project's machines, so the tests run
-:mod:`cds.zoo` on folders that have the same ``configs/metadata.json`` and ``configs/inference.json``
+:mod:`cds.models.zoo` on folders that have the same ``configs/metadata.json`` and ``configs/inference.json``
 (same keys, structure, ``network_def``, pre- and post-processing as the zoo's published configs, read
 from Project-MONAI/model-zoo: lung 0.6.x, breast 0.1.7, ventricular 0.3.4; the lung config is the 0.5/0.6
 file with the 0.6.0 change "remove meta_dict usage" applied, as monai >= 1.3 rejects ``meta_key_postfix``) and a ``models/model.pt``
@@ -413,9 +413,9 @@ def state_dict_for(name: str, seed: int = 0) -> dict[str, Any]:
     parser = ConfigParser(copy.deepcopy(INFERENCE[name]))
     parser["device"] = "$torch.device('cpu')"
     if name == "lung_nodule_ct_detection":
-        from cds.zoo import _torchvision_free_detection
+        from cds.models.zoo import _torchvision_free_detection
 
-        _torchvision_free_detection()  # build the RetinaNet the way cds.zoo does where torchvision is missing
+        _torchvision_free_detection()  # build the RetinaNet the way cds.models.zoo does where torchvision is missing
     if name == "breast_density_classification":
         parser["network_def#pretrained"] = False  # ImageNet weights would be downloaded
     torch.manual_seed(seed)

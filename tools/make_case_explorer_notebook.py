@@ -22,14 +22,14 @@ cells = [
     new_code_cell(
         'cohort = "../fhir_samples"  # Bundle file, ndjson, folder, or FHIR server base URL\n'
         'models = ["pneumonia"]  # model ids run through the registry (ignored when findings_json is set)\n'
-        "findings_json = None  # a Findings JSON (cds.explorer_app.save_findings) instead of running models\n"
+        "findings_json = None  # a Findings JSON (cds.explorer.app.save_findings) instead of running models\n"
         'reader_id = "reader"  # your id: actions are recorded as Practitioner/<reader_id>\n'
         'store_path = "../out/reviews.jsonl"  # append-only review log; earlier actions are shown\n'
         "reader_study = False  # reader-study mode: AI hidden until your own read is saved\n"
         'reference_date = "2020-06-02"  # ages are computed and worklist waits measured at this date',
         metadata={"tags": ["parameters"]}),
     new_code_cell(
-        "from cds.explorer_app import build_explorer\n\n"
+        "from cds.explorer.app import build_explorer\n\n"
         "explorer = build_explorer(cohort, models=models, reader_id=reader_id, store_path=store_path,\n"
         "                          reader_study=reader_study, findings_json=findings_json,\n"
         "                          reference_date=reference_date)\n"

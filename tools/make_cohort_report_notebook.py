@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python tools/make_cohort_report_notebook.py [--no-execute]
 
-The notebook only calls into ``cds.report``; it assigns no names but those in
-``cds.report.NOTEBOOK_NAMES`` (everything else defined before the validation cell is a parameter).
+The notebook only calls into ``cds.reports.report``; it assigns no names but those in
+``cds.reports.report.NOTEBOOK_NAMES`` (everything else defined before the validation cell is a parameter).
 """
 
 import sys
@@ -20,7 +20,7 @@ cells = [
         "labels, and our numbers next to **published anchors**. All results are AI-generated and "
         "preliminary. Outputs: `report.html`, `results.json` and `results.fhir.json` (FHIR R4 transaction "
         "Bundle) in `out_dir`.\n\n"
-        "Run it on a schedule with `cds report` (or `cds.report.run_report`); parameters are below."),
+        "Run it on a schedule with `cds report` (or `cds.reports.report.run_report`); parameters are below."),
     new_code_cell(
         'cohort = "../fhir_samples"  # folder, Bundle .json, .ndjson file, or FHIR server base URL\n'
         'models = ["pneumonia", "cxr-icu", "cxr-cardiomegaly"]  # model ids (see `cds models`)\n'
@@ -36,7 +36,7 @@ cells = [
         "validate = True  # validate every FHIR resource as R4 (fhir.resources.R4B)",
         metadata={"tags": ["parameters"]}),
     new_code_cell(CHECK + "# Parameters are type-checked and validated before any work.\n"
-                  "from cds import report as rp\n\nparams = rp.check_notebook_parameters(globals())"),
+                  "from cds.reports import report as rp\n\nparams = rp.check_notebook_parameters(globals())"),
     new_markdown_cell("## Cohort\n\nPatients with at least one imaging study in the date window (ages at the "
                       "reference date; unknown where the record has no birth date)."),
     new_code_cell(CHECK + "ctx = rp.prepare(params)\nrp.describe_scope(ctx)"),

@@ -23,9 +23,9 @@ def params_cell(text: str) -> nbformat.NotebookNode:
 MODEL_LAB = [
     new_markdown_cell(
         "# Model lab: train, evaluate, calibrate, explain, ship\n\n"
-        "A thin walk through `cds.model_lab`: train a 2D task model with its task module (`cds train`), "
+        "A thin walk through `cds.studies.model_lab`: train a 2D task model with its task module (`cds train`), "
         "evaluate it with 95 % bootstrap CIs (`cds evaluate`), calibrate it (temperature scaling or isotonic "
-        "regression, `cds.calibration`) on cases the weights never saw, look at GradCAM maps of its most "
+        "regression, `cds.evaluation.calibration`) on cases the weights never saw, look at GradCAM maps of its most "
         "confident errors, export a MONAI bundle whose network outputs calibrated probabilities and whose card "
         "records the calibration, and register it in a models directory the `ModelRegistry` scans.\n\n"
         "Defaults are small (2 epochs on 28x28 PneumoniaMNIST, about 20 s on 2 CPU cores). The models directory "
@@ -46,10 +46,10 @@ MODEL_LAB = [
         "from pathlib import Path\n\n"
         "import pandas as pd\n"
         "from IPython.display import Markdown, display\n\n"
-        "from cds import model_lab as ml\n"
-        "from cds.calibration import plot_reliability\n"
+        "from cds.studies import model_lab as ml\n"
+        "from cds.evaluation.calibration import plot_reliability\n"
         "from cds.params import validate_parameters\n"
-        "from cds.registry import ModelRegistry\n\n"
+        "from cds.models.registry import ModelRegistry\n\n"
         "params = validate_parameters({k: globals()[k] for k in ml.PARAMETERS}, ml.PARAMETERS)\n"
         'model_id = model_id or f"{task}-lab"\n'
         "work = Path(work_dir)\n"
@@ -90,7 +90,7 @@ MODEL_LAB = [
     new_code_cell('items = ml.gradcam_errors(trained["bundle"], cases["test"], t_cal, k=n_gradcam, p=p_test)\n'
                   "fig = ml.plot_gradcam_errors(items)"),
     new_markdown_cell("## Export the calibrated MONAI bundle\n\nThe network is wrapped in "
-                      "`cds.calibration.calibrated_network`, the threshold and band are mapped through the "
+                      "`cds.evaluation.calibration.calibrated_network`, the threshold and band are mapped through the "
                       "calibrator, the card records the calibration, and `evaluate` re-measures the performance."),
     new_code_cell('exported = ml.export_bundle(task, trained["bundle"], work / "export", cal, model_id, data_dir,\n'
                   "                            n_boot=n_boot, calibration_result=cal_table, seed=seed)\n"
@@ -115,9 +115,9 @@ READER_STUDY = [
         "Following Yu et al. 2024 (Nat Med; 140 radiologists, 324 chest X-rays): the effect of AI assistance "
         "differs from reader to reader, is not predicted by experience, and depends on whether the AI is right "
         "(accurate AI helps, inaccurate AI hurts). This notebook analyses the explorer's review log "
-        "(`cds.review_store.ReviewStore`: pre-AI and post-AI reads with a confidence 0-100) against a truth file.\n\n"
+        "(`cds.review.store.ReviewStore`: pre-AI and post-AI reads with a confidence 0-100) against a truth file.\n\n"
         "**By default there are no real reads: the notebook generates SIMULATED READERS** "
-        "(`cds.reader_study.simulate_readers`) on real cases: the shipped `pneumonia` model's predictions on real "
+        "(`cds.studies.reader_study.simulate_readers`) on real cases: the shipped `pneumonia` model's predictions on real "
         "PneumoniaMNIST validation images (enriched with every image the AI gets wrong), and writes them through "
         "the same `ReviewStore` API the explorer uses. Every table and plot built from them says "
         "**SIMULATED READERS**; they show the simulation's assumptions, not evidence. Set `store_path` (and "
@@ -137,7 +137,7 @@ READER_STUDY = [
     new_code_cell(
         "from pathlib import Path\n\n"
         "import pandas as pd\n\n"
-        "from cds import reader_study as rs\n"
+        "from cds.studies import reader_study as rs\n"
         "from cds.params import validate_parameters\n\n"
         "params = validate_parameters({k: globals()[k] for k in rs.PARAMETERS}, rs.PARAMETERS)\n"
         'pd.set_option("display.width", 180)\n'
@@ -194,11 +194,11 @@ READER_STUDY = [
 CARDIAC_RISK = [
     new_markdown_cell(
         "# Cardiac risk: 12-month MACE from CMR strain and the FHIR record\n\n"
-        "An **illustrative, NOT validated** Cox-form model (`cds.cardiac_risk`): "
+        "An **illustrative, NOT validated** Cox-form model (`cds.studies.cardiac_risk`): "
         "risk = 1 - S0(12 mo)^exp(LP). The only published coefficient is GCS (Backhaus 2022, automated CMR "
         "strain after acute MI: GCS HR 1.07 per %, 95 % CI 1.05-1.10; GLS HR 1.12 per % (1.08-1.16) is shown but "
         "not used because `cmr-function` has no long-axis views). All clinical coefficients are **assumed**. "
-        "No real cardiac MRI exists here: each selected patient gets a **phantom** cine (`cds.phantom`, seed "
+        "No real cardiac MRI exists here: each selected patient gets a **phantom** cine (`cds.models.tasks.phantom`, seed "
         "`phantom_seed + i`) measured by `cmr-function`, so the strain and EF inputs are **phantom-derived** and "
         "say nothing about the patient's heart. The outputs are FHIR R4 `RiskAssessment` resources (status "
         "preliminary, AIAST security label, basis references), validated with `fhir.resources.R4B`."),
@@ -207,7 +207,7 @@ CARDIAC_RISK = [
         'patients = "mi-or-hf"  # "mi-or-hf", "all" or a list of patient ids\n'
         "phantom_seed = 500  # patient i gets the phantom cine of seed phantom_seed + i\n"
         "phantom_frames = None  # frames per phantom cine; None: the phantom's own 20-30\n"
-        "cmr_bundle = None  # a cmr-function bundle folder; None: the shipped cds/bundles/cmr-function\n"
+        "cmr_bundle = None  # a cmr-function bundle folder; None: the shipped cds/models/bundles/cmr-function\n"
         "horizon_months = 12  # the model's horizon (12 months only)\n"
         "include_assumed = True  # False: only the published GCS term\n"
         'reference_date = "2026-01-01"  # assessments happen at the last encounter before this date (and death)\n'
@@ -217,7 +217,7 @@ CARDIAC_RISK = [
         "import json\nfrom pathlib import Path\n\n"
         "import pandas as pd\n\n"
         "import cds\n"
-        "from cds import cardiac_risk as cr\n"
+        "from cds.studies import cardiac_risk as cr\n"
         "from cds.params import validate_parameters\n\n"
         "params = validate_parameters({k: globals()[k] for k in cr.PARAMETERS}, cr.PARAMETERS)\n"
         'pd.set_option("display.width", 200)\n'

@@ -14,7 +14,7 @@ cells = [
                   'reference_date = "2026-01-01"  # ages are computed at this date\n'
                   'validate = True  # validate every resource as FHIR R4 (fhir.resources.R4B)',
                   metadata={"tags": ["parameters"]}),
-    new_code_cell("from pathlib import Path\n\nimport cds\nfrom cds import overview as ov\n\n"
+    new_code_cell("from pathlib import Path\n\nimport cds\nfrom cds.reports import overview as ov\n\n"
                   "out = Path(out_dir)\nout.mkdir(parents=True, exist_ok=True)\n"
                   "cohort_data = cds.load_cohort(cohort, validate=validate, reference_date=reference_date)"),
     new_markdown_cell("## The cohort in numbers"),

@@ -1,4 +1,4 @@
-"""Reference models of cds, one module per task, each shipping a MONAI bundle under ``cds/bundles/``.
+"""Reference models of cds, one module per task, each shipping a MONAI bundle under ``cds/models/bundles/``.
 
 Every task module exposes the same functions, so the CLI can wire ``cds train TASK`` and
 ``cds evaluate TASK``:
@@ -18,9 +18,8 @@ Nothing heavy is imported here (torch and MONAI load inside the functions that n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 __all__ = ["BUNDLES_DIR"]
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
-"""Folder holding the shipped bundle folders (``cds/bundles/<model-id>/``)."""
+from cds.locations import BUNDLES_DIR  # noqa: E402
+
+"""Folder holding the shipped bundle folders (``cds/models/bundles/<model-id>/``)."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with confidence intervals, calibration, published anchors."""

@@ -1,0 +1,1 @@
+"""Explorer: the clinician case explorer (widgets and the voila service)."""

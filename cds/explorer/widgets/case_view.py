@@ -1,0 +1,246 @@
+"""The case view: one patient's header, trends, imaging timeline, image viewer, AI findings and actions.
+
+Built from a :class:`cds.sources.cohort.Cohort` (``cohort.patient(pid)``) and the Findings of the patient's
+studies. Switching patient re-renders HTML pieces and one image; nothing is recomputed for the cohort.
+
+>>> import cds  # doctest: +SKIP
+>>> view = CaseView(cds.load_cohort("fhir_samples"), findings=[], store=ReviewStore("r.jsonl"),
+...                 reviewer="dr-a")  # doctest: +SKIP
+>>> view.show("04a33bab")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+import pandas as pd
+
+from cds.errors import CdsError
+from cds.explorer.widgets.actions import ActionsPanel
+from cds.explorer.widgets.static import (
+    STYLE,
+    StaticFallback,
+    esc,
+    findings_html,
+    image_html,
+    patient_header_html,
+    timeline_html,
+    trends_html,
+)
+from cds.explorer.widgets.viewer import ImageViewer
+from cds.images import render
+from cds.review.store import ReviewStore
+from cds.review.worklist import AI_STATES, ai_state
+
+__all__ = ["CaseView", "group_findings"]
+
+log = logging.getLogger(__name__)
+_RANK = {s: i for i, s in enumerate(AI_STATES)}
+
+
+def _state(f: Any) -> str:
+    band = f.indeterminate or (None, None)
+    return ai_state(f.score, f.threshold, band[0], band[1])
+
+
+def _urgency(f: Any) -> tuple[int, float]:
+    st = _state(f)
+    margin = (f.score - f.threshold) if st in ("positive", "uncertain", "negative") else 0.0
+    return _RANK[st], -margin
+
+
+def group_findings(findings: Sequence[Any]) -> dict[str, list[Any]]:
+    """Findings by study UID, most urgent first within each study (same order as the worklist)."""
+    out: dict[str, list[Any]] = {}
+    for f in findings:
+        out.setdefault(str(f.study_uid), []).append(f)
+    for uid in out:
+        out[uid].sort(key=_urgency)
+    return out
+
+
+class CaseView(StaticFallback, W.VBox):
+    """One patient at a time (see the module docstring).
+
+    Parameters
+    ----------
+    cohort
+        The :class:`cds.sources.cohort.Cohort`.
+    findings
+        Findings of the cohort's studies (any subset; studies without one show "no AI result").
+    store, reviewer, reader_study
+        Passed to the :class:`~cds.explorer.widgets.actions.ActionsPanel`.
+    cards
+        model id -> ``{"name", "version", "html", "path"}`` (see :func:`cds.explorer.app.model_cards`).
+    """
+
+    def __init__(self, cohort: Any, findings: Sequence[Any], store: ReviewStore, reviewer: str,
+                 reader_study: bool = False, cards: dict[str, dict[str, Any]] | None = None,
+                 image_cache: int = 8, **kwargs: Any) -> None:
+        self.cohort = cohort
+        self.by_study = group_findings(findings)
+        self.store = store
+        self.reviewer = reviewer
+        self.reader_study = reader_study
+        self.cards = cards or {}
+        self.patient_id: str | None = None
+        self.study_uid: str | None = None
+        self.record: Any = None
+        self.studies = pd.DataFrame()
+        self.timings: dict[str, float] = {}
+        self._images: OrderedDict[str, Any] = OrderedDict()
+        self._image_cache = image_cache
+        self._revealed = not reader_study
+        self.header = W.HTML()
+        self.header.add_class("cds-case-header")
+        self.study_select = W.Dropdown(description="Study", options=[], layout=W.Layout(width="460px"),
+                                       style={"description_width": "50px"})
+        self.study_select.add_class("cds-study-select")
+        self.study_select.observe(self._on_study, "value")
+        self.viewer = ImageViewer()
+        self.image_message = W.HTML()
+        self.findings_panel = W.HTML()
+        self.findings_panel.add_class("cds-findings-panel")
+        self.actions = ActionsPanel(store, reviewer, reader_study=reader_study)
+        self.actions.on_reveal(self._on_reveal)
+        self.actions.on_action(lambda _rec: self._update_findings_panel())
+        self.timeline = W.HTML()
+        self.trends = W.HTML()
+        left = W.VBox([self.study_select, self.image_message, self.viewer], layout=W.Layout(min_width="540px"))
+        right = W.VBox([self.findings_panel, self.actions], layout=W.Layout(width="420px", margin="0 0 0 12px"))
+        super().__init__([W.HTML(STYLE), self.header, W.HBox([left, right], layout=W.Layout(flex_flow="row wrap")),
+                          self.timeline, W.HTML("<b>Lab and vital-sign trends</b>"), self.trends], **kwargs)
+        self.add_class("cds-case-view")
+        self.add_class("cds-live")
+
+    # ------------------------------------------------------------------------------------- show
+    def show(self, patient_id: str, study_uid: str | None = None) -> None:
+        """Show a patient and one of their studies: the given one, else the most urgent (reader study: the latest)."""
+        t0 = time.perf_counter()
+        rec = self.cohort.patient(patient_id)
+        t1 = time.perf_counter()
+        self.patient_id, self.record = patient_id, rec
+        img = rec.imaging.copy()
+        img["started"] = pd.to_datetime(img["started"], utc=True)
+        studies = img.sort_values("started", kind="stable").groupby("study_uid", sort=False).first().reset_index()
+        studies["ai_state"] = [
+            _state(self.by_study[u][0]) if u in self.by_study else "no-ai" for u in studies["study_uid"]]
+        self.studies = studies
+        self.header.value = patient_header_html(rec, self.cohort.reference_date, n_studies=len(studies))
+        self.trends.value = trends_html(rec.observations, list(studies["started"]))
+        t2 = time.perf_counter()
+        if study_uid is None and len(studies):
+            if self.reader_study:  # the AI must not choose what the reader sees first: the latest study
+                study_uid = studies.iloc[-1]["study_uid"]
+            else:
+                ranked = sorted(studies.itertuples(), key=lambda r: (_RANK[r.ai_state], -r.started.value
+                                                                     if not pd.isna(r.started) else 0))
+                study_uid = ranked[0].study_uid
+        opts = []
+        for r in studies.itertuples():
+            d = r.started.strftime("%Y-%m-%d") if not pd.isna(r.started) else "no date"
+            state = "" if self.reader_study else f" · {r.ai_state}"
+            opts.append((f"{d} · {r.modality} · {r.description or ''}{state}", r.study_uid))
+        self._quiet = True
+        try:
+            self.study_select.options = opts
+            self.study_select.value = study_uid if study_uid in {v for _, v in opts} else None
+        finally:
+            self._quiet = False
+        self.show_study(study_uid)
+        t3 = time.perf_counter()
+        self.timings = {"patient_tables_ms": (t1 - t0) * 1000, "header_trends_ms": (t2 - t1) * 1000,
+                        "study_ms": (t3 - t2) * 1000, "total_ms": (t3 - t0) * 1000}
+
+    def _on_study(self, change: dict[str, Any]) -> None:
+        if getattr(self, "_quiet", False) or change["new"] is None:
+            return
+        self.show_study(change["new"])
+
+    def _image_of(self, row: Any) -> Any:
+        from cds.images.imageio import read_image
+
+        key = str(row.pixel_location)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        image = read_image(key)
+        self._images[key] = image
+        while len(self._images) > self._image_cache:
+            self._images.popitem(last=False)
+        return image
+
+    def show_study(self, study_uid: str | None) -> None:
+        """Show one of the current patient's studies: image, findings, actions, timeline ring."""
+        self.study_uid = study_uid
+        self.timeline.value = timeline_html(self.studies, study_uid, blind=self.reader_study)
+        findings = self.by_study.get(str(study_uid), []) if study_uid else []
+        self.image = None
+        self.current_findings = findings
+        self.actions.set_findings(findings)  # fires on_reveal -> findings panel (+ overlays of a shown image)
+        if study_uid is None:
+            self.image_message.value = '<span class="cds-muted">This patient has no imaging study.</span>'
+            self.viewer.layout.display = "none"
+            return
+        rows = self.record.imaging
+        rows = rows[(rows["study_uid"] == study_uid) & rows["pixel_location"].notna()]
+        if not len(rows):
+            self.image_message.value = ('<span class="cds-muted">The ImagingStudy does not say where its pixels are: '
+                                        "no image to show.</span>")
+            self.viewer.layout.display = "none"
+            return
+        row = next(rows.itertuples())
+        try:
+            image = self._image_of(row)
+        except CdsError as exc:
+            self.image_message.value = f'<span style="color:#b00020">Image not readable: {esc(exc)}</span>'
+            self.viewer.layout.display = "none"
+            return
+        self.image = image
+        self.image_message.value = ""
+        self.viewer.layout.display = "flex"
+        self.viewer.set_image(image, self._overlays(image, findings, row.series_uid))
+
+    def _overlays(self, image: Any, findings: Sequence[Any], series_uid: str | None) -> list[render.Overlay]:
+        if not self._revealed:
+            return []
+        out: list[render.Overlay] = []
+        for f in findings:
+            if f.series_uid and series_uid and f.series_uid != series_uid:
+                continue
+            out.extend(render.overlays_from_finding(f, image))
+        return out
+
+    def _on_reveal(self, revealed: bool) -> None:
+        changed = revealed != self._revealed
+        self._revealed = revealed
+        self._update_findings_panel()
+        if changed and getattr(self, "image", None) is not None:
+            rows = self.record.imaging
+            series = rows[rows["study_uid"] == self.study_uid]["series_uid"]
+            self.viewer.set_overlays(self._overlays(self.image, self.current_findings,
+                                                    series.iloc[0] if len(series) else None))
+
+    def _update_findings_panel(self) -> None:
+        findings = getattr(self, "current_findings", [])
+        hidden = None
+        if not self._revealed:
+            hidden = ("Reader study: record your own read (finding present or absent, and your confidence) below; "
+                      "the AI result appears once it is saved.")
+        self.findings_panel.value = findings_html(findings, self.cards,
+                                                  {f.id: self.store.latest_review(f.id) for f in findings}, hidden)
+
+    # ------------------------------------------------------------------------------- static
+    def static_html(self) -> str:
+        """The current case as self-contained HTML (image inlined as a PNG data URL)."""
+        img = image_html(self.viewer.image.value, f"image of study {self.study_uid}") \
+            if getattr(self, "image", None) is not None else self.image_message.value
+        return (f'{STYLE}<div class="cds-static cds-case-static">{self.header.value}'
+                f'<div style="display:flex;flex-wrap:wrap;gap:12px"><div>{img}</div>'
+                f'<div style="max-width:440px">{self.findings_panel.value}</div></div>'
+                f"{self.timeline.value}<b>Lab and vital-sign trends</b>{self.trends.value}</div>")

@@ -1,0 +1,1 @@
+"""Reports: papermill-run notebooks, the cohort overview and the scheduled cohort report."""

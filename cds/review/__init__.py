@@ -1,0 +1,1 @@
+"""Review: the worklist and the durable store of clinicians' actions."""

@@ -1,0 +1,465 @@
+"""The durable log of what clinicians did with AI results: accept, override, reader-study reads.
+
+Every action is one line of an append-only JSON Lines file, written and ``fsync``-ed the moment it
+is made, so a kernel restart or a crash loses nothing that was confirmed on screen. A new
+:class:`ReviewStore` on the same file sees every earlier action. Nothing is ever deleted or
+rewritten: the latest action per finding is what the explorer shows, the earlier ones stay as the
+audit trail. A corrupt line (a crash in the middle of a write leaves a cut-off last line) is
+reported in :attr:`ReviewStore.problems` and skipped; the lines before and after it still load.
+
+Each line is a FHIR-shaped dict::
+
+    {"kind": "cds-review/1", "id": "<uuid>", "action": "accept" | "override" | "read",
+     "finding_id": "<Finding.id>", "finding": {<snapshot: patient, study, code, model, score>},
+     "status": "final" | "amended" | "entered-in-error" | null,      # resulting Observation status
+     "reviewer": {"reference": "Practitioner/<id>"}, "recorded": "<ISO 8601 UTC>",
+     "reason": {"coding": [{"system": OVERRIDE_REASON_SYSTEM, "code": ..., "display": ...}]} | null,
+     "comment": "..." | null, "clinician_interpretation": "positive" | "negative" | null,
+     "read": {"phase": "pre-ai" | "post-ai", "finding_present": bool, "confidence": 0..100} | null}
+
+:func:`to_fhir` turns the log into FHIR R4 resources (the reviewed Observations with their new
+status, Practitioners, and one Provenance per action with the Practitioner as ``verifier``),
+validated with ``fhir.resources.R4B``.
+
+>>> import tempfile, os
+>>> from cds.finding import Finding
+>>> f = Finding("p1", "1.2.3", "http://snomed.info/sct", "233604007", "Pneumonia", "pneumonia", "1.0.0",
+...             probability=0.8, threshold=0.5)
+>>> path = os.path.join(tempfile.mkdtemp(), "reviews.jsonl")
+>>> store = ReviewStore(path)
+>>> store.override(f, "dr-a", "false-positive", comment="old scar")["status"]
+'amended'
+>>> ReviewStore(path).latest_review(f.id)["reason"]["coding"][0]["code"]
+'false-positive'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cds.errors import CdsError, ParameterError
+from cds.finding import Finding
+
+__all__ = [
+    "ReviewStore",
+    "StoreProblem",
+    "OVERRIDE_REASON_SYSTEM",
+    "OVERRIDE_REASONS",
+    "ACTION_STATUS",
+    "to_fhir",
+    "to_fhir_bundle",
+    "validate_fhir",
+]
+
+#: Code system of the override reasons (a small local code system of this suite).
+OVERRIDE_REASON_SYSTEM = "https://cds.example.org/fhir/CodeSystem/override-reason"
+#: code -> display of every override reason a clinician can pick.
+OVERRIDE_REASONS: dict[str, str] = {
+    "false-positive": "AI finding is not present (false positive)",
+    "false-negative": "Finding present but AI says negative (false negative)",
+    "wrong-location": "Finding present but AI localised it wrongly",
+    "poor-image-quality": "Image quality too poor for the AI result to be used",
+    "clinical-context": "Clinical context makes the AI result irrelevant or misleading",
+    "other": "Other reason (see comment)",
+}
+#: The Observation status an accept / override leaves the AI result in.
+ACTION_STATUS = {"accept": "final", "override": "amended", "entered-in-error": "entered-in-error"}
+#: What the clinician says the truth is, for override reasons that imply it.
+_IMPLIED_TRUTH = {"false-positive": "negative", "false-negative": "positive", "wrong-location": "positive"}
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RECORD_KIND = "cds-review/1"
+AI_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
+          "display": "Artificial Intelligence asserted"}
+
+
+class ReviewStoreError(CdsError):
+    """The review log cannot be opened or written; the message names the file."""
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """A line of the log that could not be used (kept in the file, skipped on load)."""
+
+    path: str
+    line: int
+    message: str
+    trailing: bool
+
+    def __str__(self) -> str:
+        where = "last line (a write was cut off?)" if self.trailing else f"line {self.line}"
+        return f"{self.path}: {where}: {self.message}; skipped, earlier and later lines are kept"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def finding_snapshot(finding: Finding | dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Finding the log keeps with each action, so the log alone rebuilds FHIR."""
+    d = finding.to_dict() if isinstance(finding, Finding) else dict(finding)
+    keys = ("id", "patient_id", "study_uid", "series_uid", "code_system", "code", "display", "model_id",
+            "model_version", "probability", "value", "unit", "threshold", "indeterminate", "interpretation")
+    snap = {k: d.get(k) for k in keys}
+    if snap["id"] is None:
+        snap["id"] = Finding.from_dict(d).id
+    return snap
+
+
+class ReviewStore:
+    """An append-only JSON Lines log of review actions (see the module docstring).
+
+    Parameters
+    ----------
+    path
+        The ``.jsonl`` file; created (with its folder) on the first write. Existing lines are read now.
+
+    Attributes
+    ----------
+    problems : list of StoreProblem
+        Lines that could not be parsed (reported, skipped, never removed).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise ParameterError("store_path", f"{self.path} is a folder; give a .jsonl file path")
+        self._lock = threading.Lock()
+        self._actions: list[dict[str, Any]] = []
+        self.problems: list[StoreProblem] = []
+        self._listeners: list[Any] = []
+        self.reload()
+
+    # ------------------------------------------------------------------------------------ reading
+    def reload(self) -> list[dict[str, Any]]:
+        """Re-read the whole file (e.g. to see lines another process appended). Returns the actions."""
+        actions: list[dict[str, Any]] = []
+        problems: list[StoreProblem] = []
+        if self.path.exists():
+            try:
+                raw = self.path.read_bytes()
+            except OSError as exc:
+                raise ReviewStoreError(f"{self.path}: cannot read the review log ({exc.strerror or exc})") from None
+            lines = raw.split(b"\n")
+            last_nonempty = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict) or rec.get("kind") != RECORD_KIND or "action" not in rec:
+                        raise ValueError("not a cds review record")
+                except (ValueError, UnicodeDecodeError) as exc:
+                    problems.append(StoreProblem(str(self.path), i + 1, str(exc)[:200], i == last_nonempty))
+                    continue
+                actions.append(rec)
+        with self._lock:
+            self._actions = actions
+            self.problems = problems
+        return list(actions)
+
+    def actions(self, finding_id: str | None = None) -> list[dict[str, Any]]:
+        """All actions in file order (optionally of one finding)."""
+        return [a for a in self._actions if finding_id is None or a.get("finding_id") == finding_id]
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def latest_review(self, finding_id: str) -> dict[str, Any] | None:
+        """The latest accept/override of a finding (the one the explorer shows), or None."""
+        for a in reversed(self._actions):
+            if a.get("finding_id") == finding_id and a.get("action") in ("accept", "override"):
+                return a
+        return None
+
+    def status_of(self, finding_id: str) -> str:
+        """``preliminary`` (never reviewed) or the status the latest review left it in."""
+        a = self.latest_review(finding_id)
+        return a["status"] if a else "preliminary"
+
+    def reads(self, finding_id: str, reviewer: str) -> dict[str, dict[str, Any] | None]:
+        """The latest ``pre-ai`` and ``post-ai`` reader-study reads of one reviewer on one finding."""
+        out: dict[str, dict[str, Any] | None] = {"pre-ai": None, "post-ai": None}
+        ref = _reviewer_ref(reviewer)["reference"]
+        for a in self._actions:
+            if a.get("action") == "read" and a.get("finding_id") == finding_id and \
+                    (a.get("reviewer") or {}).get("reference") == ref:
+                out[a["read"]["phase"]] = a
+        return out
+
+    def reviews_frame(self) -> pd.DataFrame:
+        """The latest accept/override per finding as a table (what :mod:`cds.review.worklist` reads)."""
+        cols = ["finding_id", "patient_id", "study_uid", "action", "status", "reviewer", "recorded",
+                "reason_code", "comment"]
+        latest: dict[str, dict[str, Any]] = {}
+        for a in self._actions:
+            if a.get("action") in ("accept", "override"):
+                latest[a["finding_id"]] = a
+        rows = []
+        for fid, a in latest.items():
+            f = a.get("finding") or {}
+            coding = ((a.get("reason") or {}).get("coding") or [{}])[0]
+            rows.append({"finding_id": fid, "patient_id": f.get("patient_id"), "study_uid": f.get("study_uid"),
+                         "action": a["action"], "status": a["status"],
+                         "reviewer": (a.get("reviewer") or {}).get("reference", "").split("/")[-1],
+                         "recorded": a.get("recorded"), "reason_code": coding.get("code"),
+                         "comment": a.get("comment")})
+        return pd.DataFrame(rows, columns=cols)
+
+    def on_change(self, callback: Any) -> None:
+        """Call ``callback(record)`` after every action this object writes (widgets refresh on it)."""
+        self._listeners.append(callback)
+
+    # ------------------------------------------------------------------------------------ writing
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                new = not self.path.exists()
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise ReviewStoreError(f"{self.path}: cannot open the review log for writing "
+                                       f"({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                prefix = b""
+                if size:  # a crash may have left a cut-off last line: start ours on a fresh line
+                    os.lseek(fd, size - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":
+                        prefix = b"\n"
+                os.write(fd, prefix + line + b"\n")
+                os.fsync(fd)
+            except OSError as exc:
+                raise ReviewStoreError(f"{self.path}: writing the review log failed ({exc.strerror or exc}); "
+                                       "the action was NOT saved") from None
+            finally:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+            if new:  # make the new directory entry durable too
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            self._actions.append(record)
+        for cb in list(self._listeners):
+            cb(record)
+        return record
+
+    def _base(self, action: str, finding: Finding | dict[str, Any], reviewer: str) -> dict[str, Any]:
+        snap = finding_snapshot(finding)
+        return {"kind": RECORD_KIND, "id": uuid.uuid4().hex, "action": action, "finding_id": snap["id"],
+                "finding": snap, "status": None, "reviewer": _reviewer_ref(reviewer), "recorded": _now_iso(),
+                "reason": None, "comment": None, "clinician_interpretation": None, "read": None}
+
+    def accept(self, finding: Finding | dict[str, Any], reviewer: str, comment: str | None = None) -> dict[str, Any]:
+        """Record that ``reviewer`` accepts the AI result: its Observation becomes ``final``."""
+        rec = self._base("accept", finding, reviewer)
+        rec.update(status=ACTION_STATUS["accept"], comment=_clean_comment(comment),
+                   clinician_interpretation=rec["finding"].get("interpretation"))
+        return self._append(rec)
+
+    def override(self, finding: Finding | dict[str, Any], reviewer: str, reason: str, comment: str | None = None,
+                 entered_in_error: bool = False, clinician_interpretation: str | None = None) -> dict[str, Any]:
+        """Record that ``reviewer`` overrides the AI result with a coded ``reason`` (see OVERRIDE_REASONS).
+
+        The Observation becomes ``amended``, or ``entered-in-error`` with ``entered_in_error=True``
+        (the AI result must not be used at all, e.g. wrong patient or unusable image). Reason ``other``
+        needs a comment.
+        """
+        if reason not in OVERRIDE_REASONS:
+            raise ParameterError("reason", f"{reason!r} is not an override reason; use one of "
+                                           f"{', '.join(OVERRIDE_REASONS)} ({OVERRIDE_REASON_SYSTEM})")
+        comment = _clean_comment(comment)
+        if reason == "other" and not comment:
+            raise ParameterError("comment", "override reason 'other' needs a comment saying why")
+        if clinician_interpretation not in (None, "positive", "negative"):
+            raise ParameterError("clinician_interpretation", f"{clinician_interpretation!r}: use 'positive' or "
+                                                               "'negative'")
+        rec = self._base("override", finding, reviewer)
+        rec.update(status=ACTION_STATUS["entered-in-error" if entered_in_error else "override"],
+                   reason={"coding": [{"system": OVERRIDE_REASON_SYSTEM, "code": reason,
+                                       "display": OVERRIDE_REASONS[reason]}]},
+                   comment=comment,
+                   clinician_interpretation=clinician_interpretation or _IMPLIED_TRUTH.get(reason))
+        return self._append(rec)
+
+    def record_read(self, finding: Finding | dict[str, Any], reviewer: str, phase: str, finding_present: bool,
+                    confidence: int, comment: str | None = None) -> dict[str, Any]:
+        """Record a reader-study read: ``phase`` ``pre-ai`` (before the AI is shown) or ``post-ai``.
+
+        A ``post-ai`` read needs this reviewer's ``pre-ai`` read of the same finding first, and a
+        ``pre-ai`` read is refused once the reviewer has seen the AI (a post-AI read exists).
+        """
+        if phase not in ("pre-ai", "post-ai"):
+            raise ParameterError("phase", f"{phase!r}: use 'pre-ai' or 'post-ai'")
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 100:
+            raise ParameterError("confidence", f"{confidence!r}: give an integer from 0 to 100")
+        if int(confidence) != confidence:
+            raise ParameterError("confidence", f"{confidence!r}: give an integer from 0 to 100")
+        snap = finding_snapshot(finding)
+        prior = self.reads(snap["id"], reviewer)
+        if phase == "post-ai" and prior["pre-ai"] is None:
+            raise ParameterError("phase", "a post-AI read needs the reader's pre-AI read of this case first")
+        if phase == "pre-ai" and prior["post-ai"] is not None:
+            raise ParameterError("phase", "the reader has already seen the AI result of this case; a pre-AI read "
+                                          "is no longer possible")
+        rec = self._base("read", finding, reviewer)
+        rec.update(comment=_clean_comment(comment),
+                   read={"phase": phase, "finding_present": bool(finding_present), "confidence": int(confidence)})
+        return self._append(rec)
+
+
+def _reviewer_ref(reviewer: str) -> dict[str, str]:
+    rid = str(reviewer or "").strip()
+    if not _FHIR_ID.match(rid):
+        raise ParameterError("reviewer", f"{reviewer!r} is not a usable reviewer id (1-64 letters, digits, '-' "
+                                         "or '.'; it becomes Practitioner/<id>)")
+    return {"reference": f"Practitioner/{rid}"}
+
+
+def _clean_comment(comment: str | None) -> str | None:
+    if comment is None:
+        return None
+    text = str(comment).strip()
+    return text or None
+
+
+# ---------------------------------------------------------------------------------------- FHIR
+def _observation(snap: dict[str, Any], status: str, note: list[dict[str, Any]]) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "resourceType": "Observation", "id": snap["id"], "status": status,
+        "meta": {"security": [AI_TAG]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "imaging", "display": "Imaging"}]}],
+        "code": {"coding": [{"system": snap["code_system"], "code": snap["code"], "display": snap["display"]}],
+                 "text": snap["display"]},
+        "subject": {"reference": f"Patient/{snap['patient_id']}"},
+        "derivedFrom": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{snap['study_uid']}"},
+                         "display": "ImagingStudy"}],
+        "device": {"display": f"{snap['model_id']} {snap['model_version']}"},
+    }
+    if snap.get("probability") is not None:
+        obs["valueQuantity"] = {"value": round(float(snap["probability"]), 6), "unit": "probability",
+                                "system": "http://unitsofmeasure.org", "code": "1"}
+    elif snap.get("value") is not None:
+        obs["valueQuantity"] = {"value": float(snap["value"]), "unit": snap.get("unit") or "1"}
+    interp = {"positive": ("POS", "Positive"), "negative": ("NEG", "Negative"),
+              "indeterminate": ("IND", "Indeterminate")}.get(snap.get("interpretation") or "")
+    if interp:
+        obs["interpretation"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+            "code": interp[0], "display": interp[1]}]}]
+    if note:
+        obs["note"] = note
+    return obs
+
+
+def _provenance(a: dict[str, Any], target: str) -> dict[str, Any]:
+    role = "verifier" if a["action"] in ("accept", "override") else "author"
+    prov: dict[str, Any] = {
+        "resourceType": "Provenance", "id": a["id"][:64],
+        "target": [{"reference": target}], "recorded": a["recorded"],
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                 "code": "UPDATE" if a["action"] != "read" else "CREATE"}],
+                     "text": a["action"] if a["action"] != "read" else f"reader-study read ({a['read']['phase']})"},
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                        "code": role, "display": role.capitalize()}]},
+                   "who": dict(a["reviewer"])}],
+        "entity": [{"role": "source", "what": {"reference": f"Observation/{a['finding_id']}"}}],
+    }
+    if a.get("reason"):
+        prov["reason"] = [a["reason"]]
+    return prov
+
+
+def _read_observation(a: dict[str, Any]) -> dict[str, Any]:
+    snap, read = a["finding"], a["read"]
+    obs = {
+        "resourceType": "Observation", "id": f"read-{a['id'][:59]}", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "survey", "display": "Survey"}]}],
+        "code": {"coding": [{"system": snap["code_system"], "code": snap["code"], "display": snap["display"]}],
+                 "text": f"Reader-study read of {snap['display']} ({read['phase']})"},
+        "subject": {"reference": f"Patient/{snap['patient_id']}"},
+        "effectiveDateTime": a["recorded"], "performer": [dict(a["reviewer"])],
+        "valueBoolean": bool(read["finding_present"]),
+        "component": [{"code": {"text": "reader confidence (0-100)"},
+                       "valueQuantity": {"value": int(read["confidence"]), "unit": "%",
+                                         "system": "http://unitsofmeasure.org", "code": "%"}}],
+        "focus": [{"reference": f"Observation/{a['finding_id']}"}],
+        "note": [{"text": f"phase: {read['phase']}"}],
+    }
+    if a.get("comment"):
+        obs["note"].append({"text": a["comment"]})
+    return obs
+
+
+def to_fhir(actions: ReviewStore | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FHIR R4 resources for a review log: Practitioners, the reviewed Observations and Provenances.
+
+    Each reviewed AI Observation appears once, with the status of its latest accept/override and a
+    note per review; every action (earlier ones too) gets its own Provenance with the Practitioner
+    as ``verifier`` (``author`` for reader-study reads, which become Observations of their own).
+    """
+    items = actions.actions() if isinstance(actions, ReviewStore) else list(actions)
+    practitioners: dict[str, dict[str, Any]] = {}
+    observations: dict[str, dict[str, Any]] = {}
+    notes: dict[str, list[dict[str, Any]]] = {}
+    out_prov: list[dict[str, Any]] = []
+    reads: list[dict[str, Any]] = []
+    for a in items:
+        ref = a["reviewer"]["reference"]
+        pid = ref.split("/", 1)[1]
+        practitioners.setdefault(pid, {"resourceType": "Practitioner", "id": pid,
+                                       "identifier": [{"system": "https://cds.example.org/reviewer", "value": pid}]})
+        if a["action"] == "read":
+            robs = _read_observation(a)
+            reads.append(robs)
+            out_prov.append(_provenance(a, f"Observation/{robs['id']}"))
+            continue
+        fid = a["finding_id"]
+        text = f"{a['action']} by {pid} at {a['recorded']}"
+        if a.get("reason"):
+            text += f": {a['reason']['coding'][0]['code']}"
+        if a.get("comment"):
+            text += f" ({a['comment']})"
+        notes.setdefault(fid, []).append({"authorReference": dict(a["reviewer"]), "time": a["recorded"], "text": text})
+        observations[fid] = _observation(a["finding"], a["status"], notes[fid])
+        out_prov.append(_provenance(a, f"Observation/{fid}"))
+    return [*practitioners.values(), *observations.values(), *reads, *out_prov]
+
+
+def to_fhir_bundle(actions: ReviewStore | Iterable[dict[str, Any]], validate: bool = True) -> dict[str, Any]:
+    """A ``collection`` Bundle of :func:`to_fhir`; validated as R4 (R4B models) unless ``validate=False``."""
+    resources = to_fhir(actions)
+    if validate:
+        validate_fhir(resources)
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"urn:cds:{r['resourceType']}/{r['id']}", "resource": r} for r in resources]}
+
+
+def validate_fhir(resources: Iterable[dict[str, Any]]) -> None:
+    """Validate each resource with ``fhir.resources.R4B``; raise :class:`ReviewStoreError` naming the first bad one."""
+    from cds.sources.fhir_validate import validate_resource
+
+    for r in resources:
+        ok, msg = validate_resource(r)
+        if not ok:
+            raise ReviewStoreError(f"{r.get('resourceType')}/{r.get('id')}: not valid FHIR R4: {msg}")

@@ -1,0 +1,1 @@
+"""Studies: reader study, cardiac risk and the model lab, built on the stages above."""

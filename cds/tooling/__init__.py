@@ -1,0 +1,1 @@
+"""Build-time tools (the sample cohort generator); never imported at run time."""
