@@ -28,7 +28,21 @@ from typing import Any, Literal
 Interpretation = Literal["positive", "negative", "indeterminate", "measured"]
 LocationKind = Literal["point", "box", "mask"]
 
-__all__ = ["Finding", "Location", "interpret"]
+__all__ = ["Finding", "Failure", "Location", "interpret", "EXTRA_KEYS"]
+
+EXTRA_KEYS: dict[str, str] = {
+    "heatmap": "path of a saved explanation map (.npy, float16, the image's grid) for viewer overlays",
+    "centre_lps": "centre of a detected region in patient LPS mm [x, y, z] (lung and mammography detectors)",
+    "diameter_mm": "longest diameter of a detected region in mm",
+    "volume_ml": "volume of a detected or segmented region in mL",
+    "class_probabilities": "{class label: probability} of a multi-class model",
+    "body_site": "a body-site text or {code_system, code, display} more specific than the model card's",
+    "measurement": "name of the measurement of a measured Finding (cmr-function: edv, esv, ef, strain)",
+    "per_slice": "per-slice values behind a measurement (cmr-function)",
+    "candidate_rank": "rank of a detection among the study's candidates (1 = highest score)",
+}
+"""Documented keys of :attr:`Finding.extra`: writers and viewers read only these (other keys are
+carried but never interpreted). A key not listed here is a bug to fix in the producing model."""
 
 
 def interpret(
@@ -119,6 +133,10 @@ class Finding:
     explanation: str | None = None
     prognostic: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    imaging_study_id: str | None = None
+    study_started: str | None = None
+    study_body_site: str | None = None
+    ehr_observation_ids: tuple[str, ...] = ()
 
     def __hash__(self) -> int:  # dict fields make the default hash fail
         return hash(self.id)
@@ -154,6 +172,7 @@ class Finding:
         d["location"] = self.location.to_dict() if self.location else None
         d["indeterminate"] = list(self.indeterminate) if self.indeterminate else None
         d["instance_uids"] = list(self.instance_uids)
+        d["ehr_observation_ids"] = list(self.ehr_observation_ids)
         d["id"] = self.id
         d["interpretation"] = self.interpretation
         return d
@@ -167,4 +186,48 @@ class Finding:
         if d.get("indeterminate"):
             d["indeterminate"] = tuple(d["indeterminate"])
         d["instance_uids"] = tuple(d.get("instance_uids", ()))
+        d["ehr_observation_ids"] = tuple(d.get("ehr_observation_ids", ()))
         return cls(**d)
+
+    def record_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the study-record context (``imaging_study_id``, ``study_started``,
+        ``study_body_site``, ``ehr_observation_ids``) that the FHIR writer reads: the form of
+        ``results.json`` and of saved findings."""
+        d = self.to_dict()
+        for k in _CONTEXT_FIELDS:
+            d.pop(k, None)
+        return d
+
+
+_CONTEXT_FIELDS = ("imaging_study_id", "study_started", "study_body_site", "ehr_observation_ids")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A study a model gave no Finding for, and why: the typed record beside :class:`Finding`.
+
+    ``state`` says which kind of "no answer" it is: ``failed`` (the model or its input could not be
+    run: ``error`` is the exception class, ``message`` the reason naming the input).
+
+    >>> f = Failure("p1", "1.2.3", "pneumonia", "ImageReadError", "a.dcm: truncated")
+    >>> Failure.from_dict(f.to_dict()) == f, f.to_dict()["state"]
+    (True, 'failed')
+    """
+
+    patient_id: str
+    study_uid: str | None
+    model_id: str
+    error: str
+    message: str
+    series_uid: str | None = None
+    state: str = "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the form of ``results.json`` ``failures``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Failure:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing optional ones default."""
+        keys = {"patient_id", "study_uid", "model_id", "error", "message", "series_uid", "state"}
+        return cls(**{k: v for k, v in d.items() if k in keys})

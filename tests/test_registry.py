@@ -95,7 +95,7 @@ def test_cohort_run_records_failures_and_carries_on(cohort: cds.Cohort, tmp_path
     assert f.interpretation in {"positive", "negative", "indeterminate"}
     # cardiomegaly needs age, which the Hannover source redacts: refused per study, with the reason
     result = reg.run("cxr-cardiomegaly", cohort, rows.iloc[[0]])
-    assert result.findings == [] and "needs EHR input 'age'" in result.failures[0]["message"]
+    assert result.findings == [] and "needs EHR input 'age'" in result.failures[0].message
 
 
 def test_icu_model_runs_on_sample_cohort_with_fhir_labs(cohort: cds.Cohort) -> None:

@@ -66,7 +66,7 @@ def save_findings(findings: Sequence[Any], path: str | Path, failures: Sequence[
     """Write Findings (and model failures) as JSON: ``{"findings": [Finding.to_dict()...], "failures": [...]}``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    data = {"findings": [f.to_dict() for f in findings], "failures": list(failures)}
+    data = {"findings": [f.to_dict() for f in findings], "failures": [f.to_dict() for f in failures]}
     p.write_text(json.dumps(data, default=str))
     return p
 
@@ -90,7 +90,9 @@ def load_findings(path: str | Path) -> tuple[list[Any], list[dict[str, Any]]]:
             out.append(Finding.from_dict(d))
         except (TypeError, KeyError, ValueError) as exc:
             raise ParameterError("findings_json", f"{p}: finding {i} is not a Finding record ({exc})") from None
-    return out, list(failures)
+    from cds.finding import Failure
+
+    return out, [Failure.from_dict(f) for f in failures if isinstance(f, dict)]
 
 
 def compute_findings(cohort: Any, models: Sequence[str], registry: Any = None,

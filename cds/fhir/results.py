@@ -290,6 +290,7 @@ def pseudonymise_finding(finding: Finding, salt: str) -> Finding:
         study_uid=_pseudo_uid(finding.study_uid, salt) or "", series_uid=_pseudo_uid(finding.series_uid, salt),
         instance_uids=tuple(_pseudo_uid(u, salt) or "" for u in finding.instance_uids), location=loc,
         ehr_inputs={k: "(removed)" for k in finding.ehr_inputs},
+        imaging_study_id=None, study_started=None, ehr_observation_ids=(),  # record ids and dates: dropped
     )
 
 
@@ -1045,7 +1046,7 @@ def results_json(findings: Iterable[Finding], failures: Iterable[Mapping[str, An
     studies: dict[tuple[str, str], list[Finding]] = {}
     for f in fs:
         studies.setdefault((f.patient_id, f.study_uid), []).append(f)
-    fails = [_plain(dict(x)) for x in failures]
+    fails = [_plain(x.to_dict() if hasattr(x, "to_dict") else dict(x)) for x in failures]
     fails.sort(key=lambda d: tuple(str(d.get(k, "")) for k in ("patient_id", "study_uid", "model_id", "message")))
     out = {
         "schema": "cds.results/1",
@@ -1053,7 +1054,7 @@ def results_json(findings: Iterable[Finding], failures: Iterable[Mapping[str, An
         "n_studies": len(studies),
         "n_failures": len(fails),
         "studies": [{"patient_id": p, "study_uid": s,
-                     "findings": [f.to_dict() for f in sorted(studies[(p, s)], key=lambda f: (
+                     "findings": [f.record_dict() for f in sorted(studies[(p, s)], key=lambda f: (
                          f.model_id, f.model_version, f.code_system, f.code, f.id))]}
                     for p, s in sorted(studies)],
         "failures": fails,

@@ -29,11 +29,14 @@ import numpy as np
 import pandas as pd
 
 from cds.errors import CdsError, ModelInputError, ParameterError
+from cds.finding import Failure
 from cds.locations import BUNDLES_DIR
 from cds.models.bundle import Bundle, BundleError, load_bundle
+from cds.models.ehr_inputs import ehr_inputs_for
 from cds.models.tasks import TASK_MODULES
 
 __all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASK_MODULES"]
+
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class RunResult:
     """Findings of a cohort run, and the studies that failed (with the reason)."""
 
     findings: list[Any] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
     def findings_frame(self) -> pd.DataFrame:
         cols = ["patient_id", "study_uid", "model_id", "code", "display", "probability", "value", "unit",
@@ -61,71 +64,21 @@ class RunResult:
         return pd.DataFrame([{k: f.to_dict()[k] for k in cols} for f in self.findings], columns=cols)
 
     def failures_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.failures, columns=["patient_id", "study_uid", "model_id", "error", "message"])
+        return pd.DataFrame([f.to_dict() for f in self.failures],
+                            columns=["patient_id", "study_uid", "model_id", "error", "message", "series_uid", "state"])
 
 
-def _age_at(birth: Any, when: Any) -> float | None:
-    if pd.isna(birth) or pd.isna(when):
-        return None
-    return round((pd.Timestamp(when) - pd.Timestamp(birth)).days / 365.2425, 1)
-
-
-def ehr_inputs_for(card: dict[str, Any], cohort: Any, patient_id: str, when: Any) -> dict[str, Any]:
-    """The EHR values a model card declares, for one patient at one time (the study time).
-
-    Sources: ``patient.age_years`` (age at ``when``), ``patient.sex``, and
-    ``observation:<LOINC>`` (the result closest to ``when`` inside the input's ``window_days``
-    ``[before, after]``, default ``[-2, 2]``). Values are keyed by the input's name *and* source.
-    A required input with no value raises :class:`ModelInputError` naming it.
-    """
-    specs = (card.get("inputs") or {}).get("ehr") or []
-    out: dict[str, Any] = {}
-    if not specs:
-        return out
-    pat = cohort.patients[cohort.patients["patient_id"] == patient_id]
-    prow = pat.iloc[0] if len(pat) else None
-    obs = None
-    for spec in specs:
-        name, source = spec["name"], str(spec.get("source", ""))
-        value: Any = None
-        if source == "patient.age_years" and prow is not None:
-            value = _age_at(prow["birth_date"], when)
-        elif source == "patient.sex" and prow is not None:
-            value = prow["sex"] if isinstance(prow["sex"], str) else None
-        elif source.startswith("observation:"):
-            code = source.split(":", 1)[1]
-            if obs is None:
-                obs = cohort.patient(patient_id).observations
-            o = obs[(obs["code"] == code)]
-            lo, hi = spec.get("window_days", [-2, 2])
-            if len(o) and not pd.isna(when):
-                dt = (o["time"] - pd.Timestamp(when)).dt.total_seconds() / 86400.0
-                o = o[(dt >= lo) & (dt <= hi)].assign(_dist=dt.abs())
-                o = o.sort_values("_dist", kind="stable")
-                for _, r in o.iterrows():
-                    if pd.notna(r["value"]):
-                        value = float(r["value"])
-                        break
-                    if r["comparator"] in ("<", ">"):  # off scale: below / above the detection limit
-                        value = -np.inf if r["comparator"] == "<" else np.inf
-                        break
-        else:
-            raise ParameterError(f"{card.get('model_id')}: inputs.ehr[{name}].source",
-                                 f"unknown EHR source {source!r}")
-        if value is None:
-            if spec.get("required", True):
-                raise ModelInputError(name, f"model {card.get('model_id')!r} needs EHR input {name!r} "
-                                            f"({source}) but patient has none"
-                                      + (f" within {spec.get('window_days', [-2, 2])} days of the study"
-                                         if source.startswith("observation:") else ""))
-            out[name] = None  # optional input: the model imputes it (see the card's "missing")
-            if source:
-                out[source] = None
-            continue
-        out[name] = value
-        if source:
-            out[source] = value
-    return out
+def with_study_context(findings: list[Any], row: Any, ehr: Any) -> list[Any]:
+    """The Findings with the facts of their study row (ImagingStudy id, start, body site) and the ids of
+    the Observations behind their EHR inputs: what the FHIR writer needs, carried forward."""
+    started = getattr(row, "started", None)
+    started_s = None if started is None or pd.isna(started) else pd.Timestamp(started).isoformat()
+    sid = getattr(row, "imaging_study_id", None)
+    site = getattr(row, "body_site", None)
+    obs_ids = tuple(dict.fromkeys(getattr(ehr, "observation_ids", {}).values()))
+    return [replace(f, imaging_study_id=sid if isinstance(sid, str) else None, study_started=started_s,
+                    study_body_site=site if isinstance(site, str) else None, ehr_observation_ids=obs_ids)
+            for f in findings]
 
 
 class ModelRegistry:
@@ -229,15 +182,16 @@ class ModelRegistry:
                     raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
                 ehr = ehr_inputs_for(card, cohort, r.patient_id, r.started)
                 image = read_image(r.pixel_location)
-                result.findings.extend(self.run_one(b, task, image, ehr, r.patient_id, r.study_uid, r.series_uid,
-                                                    tuple(r.instance_uids), artifacts_dir=artifacts_dir))
+                found = self.run_one(b, task, image, ehr, r.patient_id, r.study_uid, r.series_uid,
+                                     tuple(r.instance_uids), artifacts_dir=artifacts_dir)
+                result.findings.extend(with_study_context(found, r, ehr))
             except CdsError as exc:
-                result.failures.append({"patient_id": r.patient_id, "study_uid": r.study_uid, "model_id": model_id,
-                                        "error": type(exc).__name__, "message": str(exc)})
+                result.failures.append(Failure(r.patient_id, r.study_uid, model_id, type(exc).__name__, str(exc),
+                                               r.series_uid))
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop a cohort run
                 log.warning("model %s failed on a study: %s", model_id, type(exc).__name__)
-                result.failures.append({"patient_id": r.patient_id, "study_uid": r.study_uid, "model_id": model_id,
-                                        "error": type(exc).__name__, "message": str(exc)})
+                result.failures.append(Failure(r.patient_id, r.study_uid, model_id, type(exc).__name__, str(exc),
+                                               r.series_uid))
         return result
 
     def run_one(self, b: Bundle, task: str, image: Any, ehr: dict[str, Any], patient_id: str, study_uid: str,

@@ -65,6 +65,8 @@ if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help``
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from cds.finding import Failure
+
 __all__ = [
     "NOTEBOOK", "SALT_ENV", "DEFAULT_MODELS", "NOTEBOOK_NAMES", "LABEL_SOURCES", "IdentifierLeak", "ReportContext",
     "parameter_spec", "validate_report_parameters", "check_notebook_parameters", "parameters_from_namespace",
@@ -246,7 +248,7 @@ class ReportContext:
     start: Any = None
     end: Any = None
     findings: list[Any] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     identifiers: dict[str, set[str]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
@@ -513,7 +515,8 @@ def _findings_frame(ctx: ReportContext) -> pd.DataFrame:
 def _failures_frame(ctx: ReportContext) -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame(ctx.failures, columns=["patient_id", "study_uid", "model_id", "error", "message"])
+    return pd.DataFrame([f.to_dict() for f in ctx.failures],
+                        columns=["patient_id", "study_uid", "model_id", "error", "message"])
 
 
 def findings_table(ctx: ReportContext) -> pd.DataFrame:
@@ -982,8 +985,9 @@ def _age_at_study(ctx: ReportContext, ev: pd.DataFrame) -> pd.Series:
 
     birth = ev["patient_id"].map(dict(zip(ctx.cohort.patients["patient_id"], ctx.cohort.patients["birth_date"],
                                           strict=True)))
-    started = pd.to_datetime(ev["started"], utc=True)
-    return (started - pd.to_datetime(birth, utc=True)).dt.days / 365.2425
+    from cds.sources.tables import age_years
+
+    return age_years(pd.to_datetime(birth, utc=True), pd.to_datetime(ev["started"], utc=True))
 
 
 def _binary_metrics(y: Any, p: Any, groups: Any, thr: float | None, n_boot: int) -> dict[str, Any]:
@@ -1442,11 +1446,12 @@ def _output_findings(ctx: ReportContext) -> list[Any]:
 
 def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
     if not ctx.deidentify:
-        return [dict(x) for x in ctx.failures]
+        return [x.to_dict() for x in ctx.failures]
     out = []
-    for x in ctx.failures:
+    for x in (f.to_dict() for f in ctx.failures):
         pid, suid = _pseudonyms(str(x["patient_id"]), str(x["study_uid"] or ""), ctx.salt or "")
-        out.append({**x, "patient_id": pid, "study_uid": suid, "message": ctx.scrub(x.get("message"))})
+        out.append({**x, "patient_id": pid, "study_uid": suid, "series_uid": None,
+                    "message": ctx.scrub(x.get("message"))})
     return out
 
 

@@ -200,9 +200,21 @@ def _view(series: dict[str, Any]) -> str | None:
     return None
 
 
-def _age_years(birth: pd.Series, until: pd.Series) -> pd.Series:
-    days = (until - birth).dt.days
-    return (days / 365.2425).round(1)
+def age_years(birth: Any, until: Any) -> Any:
+    """Age in years (one decimal) at ``until``: the one age computation of cds.
+
+    Works on two scalars (``None`` when either is missing) or two Series (element-wise).
+
+    >>> age_years("1950-06-01", "2020-06-01")
+    70.0
+    >>> age_years(None, "2020-06-01") is None
+    True
+    """
+    if isinstance(birth, pd.Series) or isinstance(until, pd.Series):
+        return ((until - birth).dt.days / 365.2425).round(1)
+    if birth is None or until is None or pd.isna(birth) or pd.isna(until):
+        return None
+    return round((pd.Timestamp(until) - pd.Timestamp(birth)).days / 365.2425, 1)
 
 
 def build_tables(resources: Iterable[RawResource], reference_date: str | date | None = None,
@@ -305,7 +317,7 @@ def build_tables(resources: Iterable[RawResource], reference_date: str | date | 
     pat = tables["patients"]
     ref = pd.Timestamp(reference_date or date.today(), tz="UTC")
     until = pat["deceased_date"].where(pat["deceased_date"] < ref, ref).fillna(ref)
-    pat["age_years"] = _age_years(pat["birth_date"], until)
+    pat["age_years"] = age_years(pat["birth_date"], until)
     for name, sort in (("conditions", ["patient_id", "onset"]), ("observations", ["patient_id", "time", "code"]),
                        ("medications", ["patient_id", "authored_on"]), ("encounters", ["patient_id", "start"]),
                        ("imaging", ["patient_id", "started", "series_uid"]), ("patients", ["patient_id"])):

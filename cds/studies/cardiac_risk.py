@@ -78,6 +78,7 @@ import pandas as pd
 
 from cds.errors import ParameterError
 from cds.params import Param
+from cds.sources.tables import age_years
 
 __all__ = [
     "MODEL_NAME",
@@ -331,7 +332,7 @@ def clinical_features(cohort: Any, patient_id: str, as_of: Any) -> dict[str, Any
     values: dict[str, Any] = {}
     evidence: list[dict[str, Any]] = []
     birth = p.get("birth_date")
-    values["age_years"] = round((t - pd.Timestamp(birth)).days / 365.2425, 1) if not pd.isna(birth) else None
+    values["age_years"] = age_years(birth, t)
     sex = p.get("sex") if isinstance(p.get("sex"), str) else None
     values["male"] = None if sex not in ("male", "female") else int(sex == "male")
     evidence.append({"feature": "age_years, male", "reference": f"Patient/{patient_id}",

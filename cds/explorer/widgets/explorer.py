@@ -76,7 +76,7 @@ class CaseExplorer(StaticFallback, W.VBox):
         if self.failures:
             reasons: dict[str, int] = {}
             for f in self.failures:
-                key = f"{f.get('model_id')}: {f.get('message')}"
+                key = f"{f.model_id}: {f.message}"
                 reasons[key] = reasons.get(key, 0) + 1
             items = "".join(f"<li>{esc(k)} ({n})</li>" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
             fail = (f'<details><summary class="cds-muted">{len(self.failures)} stud(ies) without an AI result because '

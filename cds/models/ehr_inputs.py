@@ -1,0 +1,91 @@
+"""The EHR values a model card declares, pulled from the cohort's FHIR tables for one study.
+
+:func:`ehr_inputs_for` returns an :class:`EhrInputs`: a dict of values keyed by the input's name
+*and* its source (what task code reads), plus the ids of the FHIR Observations the values came from
+(what the FHIR writer cites), so nobody has to find them again by matching values.
+
+>>> e = EhrInputs({"crp": 6.0, "observation:1988-5": 6.0}, observation_ids={"observation:1988-5": "o1"})
+>>> e["crp"], e.observation_ids
+(6.0, {'observation:1988-5': 'o1'})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cds.errors import ModelInputError, ParameterError
+from cds.sources.tables import age_years
+
+__all__ = ["EhrInputs", "ehr_inputs_for"]
+
+
+class EhrInputs(dict):
+    """Input values (``name`` and ``source`` keys) plus ``observation_ids``: source -> Observation id."""
+
+    def __init__(self, *args: Any, observation_ids: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.observation_ids: dict[str, str] = dict(observation_ids or {})
+
+
+def ehr_inputs_for(card: dict[str, Any], cohort: Any, patient_id: str, when: Any) -> EhrInputs:
+    """The EHR values a model card declares, for one patient at one time (the study time).
+
+    Sources: ``patient.age_years`` (age at ``when``), ``patient.sex``, and
+    ``observation:<LOINC>`` (the result closest to ``when`` inside the input's ``window_days``
+    ``[before, after]``, default ``[-2, 2]``). Values are keyed by the input's name *and* source.
+    A required input with no value raises :class:`ModelInputError` naming it.
+    """
+    specs = (card.get("inputs") or {}).get("ehr") or []
+    out = EhrInputs()
+    if not specs:
+        return out
+    pat = cohort.patients[cohort.patients["patient_id"] == patient_id]
+    prow = pat.iloc[0] if len(pat) else None
+    obs = None
+    for spec in specs:
+        name, source = spec["name"], str(spec.get("source", ""))
+        value: Any = None
+        if source == "patient.age_years" and prow is not None:
+            value = age_years(prow["birth_date"], when)
+        elif source == "patient.sex" and prow is not None:
+            value = prow["sex"] if isinstance(prow["sex"], str) else None
+        elif source.startswith("observation:"):
+            code = source.split(":", 1)[1]
+            if obs is None:
+                obs = cohort.patient(patient_id).observations
+            o = obs[(obs["code"] == code)]
+            lo, hi = spec.get("window_days", [-2, 2])
+            if len(o) and not pd.isna(when):
+                dt = (o["time"] - pd.Timestamp(when)).dt.total_seconds() / 86400.0
+                o = o[(dt >= lo) & (dt <= hi)].assign(_dist=dt.abs())
+                o = o.sort_values("_dist", kind="stable")
+                for _, r in o.iterrows():
+                    if pd.notna(r["value"]):
+                        value = float(r["value"])
+                    elif r["comparator"] in ("<", ">"):  # off scale: below / above the detection limit
+                        value = -np.inf if r["comparator"] == "<" else np.inf
+                    else:
+                        continue
+                    if isinstance(r["observation_id"], str):
+                        out.observation_ids[source] = r["observation_id"]
+                    break
+        else:
+            raise ParameterError(f"{card.get('model_id')}: inputs.ehr[{name}].source",
+                                 f"unknown EHR source {source!r}")
+        if value is None:
+            if spec.get("required", True):
+                raise ModelInputError(name, f"model {card.get('model_id')!r} needs EHR input {name!r} "
+                                            f"({source}) but patient has none"
+                                      + (f" within {spec.get('window_days', [-2, 2])} days of the study"
+                                         if source.startswith("observation:") else ""))
+            out[name] = None  # optional input: the model imputes it (see the card's "missing")
+            if source:
+                out[source] = None
+            continue
+        out[name] = value
+        if source:
+            out[source] = value
+    return out
