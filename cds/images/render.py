@@ -56,7 +56,7 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 }
 #: Colours of AI states (worklist, findings panel, overlays).
 STATE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "positive": (220, 50, 47), "uncertain": (230, 160, 0), "measured": (38, 139, 210),
+    "positive": (220, 50, 47), "indeterminate": (230, 160, 0), "measured": (38, 139, 210),
     "negative": (60, 160, 60), "no-ai": (140, 140, 140),
 }
 OverlayKind = Literal["box", "point", "mask", "heatmap"]
@@ -416,8 +416,7 @@ def overlays_from_finding(finding: Any, image: Any, colour: tuple[int, int, int]
     skipped with a log warning, never drawn in the wrong place.
     """
     interp = getattr(finding, "interpretation", "positive")
-    state = {"indeterminate": "uncertain"}.get(interp, interp)
-    col = colour or STATE_COLOURS.get(state, (255, 60, 60))
+    col = colour or STATE_COLOURS.get(interp, (255, 60, 60))
     fid = getattr(finding, "id", None)
     label = f"{getattr(finding, 'display', '')} ({getattr(finding, 'model_id', '')})"
     out: list[Overlay] = []
