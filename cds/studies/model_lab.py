@@ -89,6 +89,7 @@ __all__ = [
 
 TASKS = ("pneumonia", "cxr-cardiomegaly")
 _DATA_SETS = {"pneumonia": "medmnist", "cxr-cardiomegaly": "nih-cxr14-thumbs64"}
+_SAMPLE_SETS = {"pneumonia": "pneumoniamnist"}  # shipped subsets (cds.locations.SAMPLE_DATA_FILES)
 _SALT = "cds-model-lab"
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9\-.]{0,62}$")
 LAB_KEY = "model_lab"
@@ -98,8 +99,8 @@ PARAMETERS: dict[str, Param] = {
     "task": Param(str, "pneumonia", check=lambda v: v in TASKS, hint=f"one of {', '.join(TASKS)}"),
     "data_dir": Param(str, None, nullable=True, hint="a folder laid out like the task's shared data set"),
     "calibration_method": Param(str, "temperature", check=lambda v: v in METHODS, hint=f"one of {METHODS}"),
-    "models_dir": Param(str, "../out/model_lab/models"),
-    "work_dir": Param(str, "../out/model_lab"),
+    "models_dir": Param(str, "out/model_lab/models"),
+    "work_dir": Param(str, "out/model_lab"),
     "model_id": Param(str, None, nullable=True, check=lambda v: bool(_MODEL_ID.match(v)),
                       hint="lower-case letters, digits, '-' or '.'"),
     "seed": Param(int, 0, check=lambda v: v >= 0, hint=">= 0"),
@@ -125,10 +126,22 @@ def task_module(task: str) -> Any:
 
 
 def data_dir_for(task: str, data_dir: str | Path | None = None) -> Path:
-    """``data_dir`` or the task's shared data set (``$CDS_SHARED_DATA`` or ``<repo>/../shared/data``)."""
+    """``data_dir``, else the task's shipped sample subset, else its shared data set.
+
+    ``pneumonia`` ships a small PneumoniaMNIST subset (:func:`cds.locations.sample_data_file`) that only
+    demonstrates the workflow; ``cxr-cardiomegaly`` ships none, so ``None`` means its set in
+    ``$CDS_SHARED_DATA`` or ``<repo>/../shared/data``.
+
+    >>> data_dir_for("pneumonia").name
+    'pneumoniamnist_sample.npz'
+    """
     from cds.models.tasks.common2d import default_data_dir
 
     check_task(task)
+    if data_dir is None and task in _SAMPLE_SETS:
+        from cds.locations import sample_data_file
+
+        return sample_data_file(_SAMPLE_SETS[task])
     p = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(_DATA_SETS[task])
     if not p.exists():
         raise ParameterError("data_dir", f"{p} does not exist (expected a folder laid out like shared/data/"

@@ -76,6 +76,9 @@ __all__ = [
     "simulated_cases",
     "simulate_readers",
     "default_truth_path",
+    "readers_path",
+    "load_readers",
+    "study_inputs",
     "load_reads",
     "load_truth",
     "paired_reads",
@@ -98,7 +101,7 @@ METRICS = ("sensitivity", "specificity", "auroc")
 PARAMETERS: dict[str, Param] = {
     "store_path": Param(str, None, nullable=True, hint="a review log (.jsonl); None simulates one"),
     "truth_path": Param(str, None, nullable=True, hint="CSV with finding_id, truth; None: <store>.truth.csv"),
-    "out_dir": Param(str, "../out/reader_study"),
+    "out_dir": Param(str, "out/reader_study"),
     "case_source": Param(str, "pneumonia", check=lambda v: v in ("pneumonia", "simulated"),
                          hint="'pneumonia' (model on real images) or 'simulated'"),
     "data_dir": Param(str, None, nullable=True),
@@ -136,7 +139,8 @@ def cases_from_model(task: str = "pneumonia", data_dir: str | Path | None = None
                      n_cases: int = 120, seed: int = 0, enrich_ai_errors: bool = True) -> pd.DataFrame:
     """Reader-study cases: the shipped ``pneumonia`` model's predictions on real validation images.
 
-    ``n_cases`` images come from the ``val_`` (or ``test_``) arrays, never from the training arrays;
+    ``data_dir`` is a MedMNIST-style folder or ``.npz``; ``None`` means the small PneumoniaMNIST subset
+    that ships with cds (:func:`cds.locations.sample_data_file`), enough to demonstrate the study. ``n_cases`` images come from the ``val_`` (or ``test_``) arrays, never from the training arrays;
     truth is the data set's label. With ``enrich_ai_errors`` every image the AI gets wrong (at its
     card threshold) is included first (up to half the cases), as reader studies enrich for hard
     cases: the AI is then wrong more often than in practice. The rest are drawn (seeded) to make
@@ -148,6 +152,10 @@ def cases_from_model(task: str = "pneumonia", data_dir: str | Path | None = None
 
     if task != "pneumonia":
         raise ParameterError("case_source", f"{task!r}: model-based cases are made for 'pneumonia' only")
+    if data_dir is None:
+        from cds.locations import sample_data_file
+
+        data_dir = sample_data_file("pneumoniamnist")
     images, labels, used, path = pneumonia.load_split(data_dir, "auto")
     if used == "train":
         raise ParameterError("data_dir", f"{path}: has only train_ arrays (the model's training images)")
@@ -246,8 +254,54 @@ def default_truth_path(store_path: str | Path) -> Path:
     return p.with_name(p.stem + ".truth.csv")
 
 
-def _readers_path(store_path: Path) -> Path:
-    return store_path.with_name(store_path.stem + ".readers.csv")
+def readers_path(store_path: str | Path) -> Path:
+    """``<store>.readers.csv`` next to the review log (who the readers are, where known).
+
+    >>> readers_path("out/reads.jsonl").name
+    'reads.readers.csv'
+    """
+    p = Path(store_path)
+    return p.with_name(p.stem + ".readers.csv")
+
+
+_readers_path = readers_path
+
+
+def load_readers(store_path: str | Path) -> pd.DataFrame | None:
+    """The readers table next to a review log (:func:`readers_path`), or ``None`` when there is none."""
+    p = readers_path(store_path)
+    return pd.read_csv(p) if p.is_file() else None
+
+
+def study_inputs(store_path: str | None = None, truth_path: str | None = None, out_dir: str | Path = "out/reader_study",
+                 case_source: str = "pneumonia", data_dir: str | Path | None = None, n_readers: int = 8,
+                 n_cases: int = 120, ai_accuracy: float = 0.8, prevalence: float = 0.5, seed: int = 0,
+                 ) -> tuple[Path, Path, pd.DataFrame | None]:
+    """The notebook's inputs: ``(review log, truth CSV, readers table or None)``.
+
+    With ``store_path`` these are that log, ``truth_path`` (default :func:`default_truth_path`) and
+    :func:`load_readers`. Without it, SIMULATED READERS are written into ``out_dir``: on the
+    ``pneumonia`` model's predictions for real images (:func:`cases_from_model`; ``data_dir`` None: the
+    shipped sample subset) or on fully simulated cases (:func:`simulated_cases`).
+
+    >>> store, truth, readers = study_inputs(out_dir=getfixture("tmp_path"), case_source="simulated",
+    ...                                      n_readers=2, n_cases=20)
+    >>> store.name, truth.name, len(readers)
+    ('simulated_reads.jsonl', 'simulated_reads.truth.csv', 2)
+    """
+    if store_path is not None:
+        store = Path(store_path)
+        return store, (Path(truth_path) if truth_path else default_truth_path(store)), load_readers(store)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if case_source == "pneumonia":
+        cases = cases_from_model("pneumonia", data_dir, n_cases=n_cases, seed=seed)
+    elif case_source == "simulated":
+        cases = simulated_cases(n_cases, prevalence=prevalence, ai_accuracy=ai_accuracy, seed=seed)
+    else:
+        raise ParameterError("case_source", f"{case_source!r}: use 'pneumonia' or 'simulated'")
+    sim = simulate_readers(cases, out / "simulated_reads.jsonl", n_readers=n_readers, seed=seed, overwrite=True)
+    return sim.store_path, sim.truth_path, sim.readers
 
 
 def _clear_simulated_store(path: Path) -> None:
