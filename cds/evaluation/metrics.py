@@ -14,7 +14,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -242,17 +242,19 @@ def binary_metrics(
     return out
 
 
-def format_ci(m: dict[str, Any] | None, digits: int = 3, sep: str = " to ") -> str:
+def format_ci(m: Mapping[str, Any] | None, digits: int = 3, sep: str = " to ", label: str = "") -> str:
     """``value (lo to hi)`` of a ``{"value", "ci95"}`` metric; ``n/a`` (with its note) when undefined.
 
-    The one CI formatter of the package (reports, anchors, model cards).
+    The one CI formatter of the package (reports, anchors, model cards): ``digits`` decimals,
+    ``sep`` between the bounds, ``label`` before them (e.g. ``"95 % CI "``). Without both bounds
+    only the value is given.
 
     >>> format_ci({"value": 0.91234, "ci95": [0.85, 0.95]})
     '0.912 (0.850 to 0.950)'
     >>> format_ci({"value": 0.9, "ci95": [None, None]}), format_ci({"value": None, "note": "one class only"})
     ('0.900', 'n/a (one class only)')
-    >>> format_ci({"value": 0.9, "ci95": [0.8, 1.0]}, sep="-")
-    '0.900 (0.800-1.000)'
+    >>> format_ci({"value": 0.9, "ci95": [0.8, 1.0]}, sep="-", label="95 % CI ")
+    '0.900 (95 % CI 0.800-1.000)'
     """
     if not m or m.get("value") is None:
         return "n/a" + (f" ({m['note']})" if m and m.get("note") else "")
@@ -260,7 +262,7 @@ def format_ci(m: dict[str, Any] | None, digits: int = 3, sep: str = " to ") -> s
     v = f"{m['value']:.{digits}f}"
     if lo is None or hi is None or (isinstance(lo, float) and np.isnan(lo)):
         return v
-    return f"{v} ({lo:.{digits}f}{sep}{hi:.{digits}f})"
+    return f"{v} ({label}{lo:.{digits}f}{sep}{hi:.{digits}f})"
 
 
 def roc_points(y: Sequence[int], p: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
