@@ -603,3 +603,22 @@ def assess_cohort(cohort: Any, patients: str | Sequence[str] = "mi-or-hf", phant
     return {"features": pd.DataFrame(feat_rows), "evidence": pd.DataFrame(ev_rows), "findings": findings,
             "phantom_truth": pd.DataFrame(truth_rows), "risks": pd.DataFrame(risk_rows), "resources": resources,
             "model": model, "cmr_bundle": b}
+
+
+def write_results(out_dir: str | Path, bundle: Mapping[str, Any], name: str = "cardiac_risk_bundle.json") -> Path:
+    """Validate the results Bundle (:func:`results_bundle`) and write it as ``out_dir/name``; return the path.
+
+    >>> import json
+    >>> b = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    >>> p = write_results(getfixture("tmp_path") / "out", b)
+    >>> json.loads(p.read_text())["type"]
+    'transaction'
+    """
+    import json
+
+    validate([bundle])
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / name
+    target.write_text(json.dumps(bundle, indent=1))
+    return target
