@@ -10,8 +10,9 @@ import pytest
 
 import cds
 from cds.explorer.widgets.explorer import CaseExplorer
+from cds.explorer.widgets.static import worklist_html
 from cds.explorer.widgets.viewer import ImageViewer
-from cds.finding import Finding, Location
+from cds.finding import Failure, Finding, Location
 from cds.images.imageio import Image
 from cds.review.store import ReviewStore
 
@@ -32,7 +33,7 @@ def _hannover_patients(cohort, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def findings(cohort) -> list[Finding]:
-    """Findings for three patients' studies: one positive with a box, one uncertain, one negative."""
+    """Findings for three patients' studies: one positive with a box, one indeterminate, one negative."""
     out = []
     for pid, prob in zip(_hannover_patients(cohort, 3), (0.93, 0.55, 0.05), strict=True):
         rows = cohort.imaging[(cohort.imaging["patient_id"] == pid) & cohort.imaging["pixel_location"].notna()]
@@ -54,13 +55,13 @@ def test_worklist_opens_the_most_urgent_case_and_picking_switches_patient(cohort
     ex = _explorer(cohort, findings, tmp_path)
     top = ex.worklist.table.iloc[0]
     assert top["finding_id"] == findings[0].id and top["ai_state"] == "positive"
-    assert ex.worklist.table.iloc[1]["ai_state"] == "uncertain"
+    assert ex.worklist.table.iloc[1]["ai_state"] == "indeterminate"
     assert ex.case.patient_id == findings[0].patient_id
     assert "0.930" in ex.case.findings_panel.value and "Pneumonia card" in ex.case.findings_panel.value
     assert "age = 63.0" in ex.case.findings_panel.value
     assert len(ex.case.viewer.overlays) == 1  # the box
     first_png = ex.case.viewer.image.value
-    # pick the uncertain study in the list, as a click would
+    # pick the indeterminate study in the list, as a click would
     target = findings[1]
     ex.worklist.select.value = target.study_uid
     assert ex.case.patient_id == target.patient_id and ex.case.study_uid == target.study_uid
@@ -69,7 +70,11 @@ def test_worklist_opens_the_most_urgent_case_and_picking_switches_patient(cohort
     assert f"Patient {target.patient_id}" in ex.case.header.value and f"<b>{sex}</b>" in ex.case.header.value
     crp = rec.observations[rec.observations["category"] == "laboratory"].sort_values("time").iloc[-1]
     assert f"{crp['value']:.4g}" in ex.case.header.value + ex.case.trends.value
-    assert "AI uncertain" in ex.case.findings_panel.value and "0.550" in ex.case.findings_panel.value
+    assert "AI indeterminate" in ex.case.findings_panel.value and "0.550" in ex.case.findings_panel.value
+    assert "indeterminate between 0.4 and 0.6" in ex.case.findings_panel.value
+    study_options = " ".join(label for label, _ in ex.case.study_select.options)
+    assert "AI indeterminate" in study_options and "AI indeterminate" in ex.worklist.static_html()
+    assert "uncertain" not in ex.case.findings_panel.value + ex.worklist.static_html() + study_options
     assert ex.case.viewer.image.value != first_png and ex.case.viewer.overlays == []
     assert "<svg" in ex.case.trends.value and "<svg" in ex.case.timeline.value
     # filters
@@ -84,6 +89,29 @@ def test_worklist_opens_the_most_urgent_case_and_picking_switches_patient(cohort
         other = next(v for v in opts if v != target.study_uid)
         ex.case.study_select.value = other
         assert ex.case.study_uid == other and "No AI result" in ex.case.findings_panel.value
+
+
+def test_a_study_whose_model_failed_says_why_in_worklist_case_and_static_html(cohort, findings,
+                                                                            tmp_path: Path) -> None:
+    pid = _hannover_patients(cohort, 4)[3]
+    uid = cohort.imaging.loc[cohort.imaging["patient_id"] == pid, "study_uid"].iloc[0]
+    failed = Failure(pid, uid, "pneumonia", "ImageReadError", "x.dcm: <truncated>")
+    ex = _explorer(cohort, findings, tmp_path, failures=[failed])
+    assert "1 stud(ies) without an AI result" in ex.title.value and "pneumonia: x.dcm: &lt;truncated&gt;" in ex.title.value
+    row = ex.worklist.full.set_index("study_uid").loc[uid]
+    assert row["ai_state"] == "no-ai" and row["failure"] == "pneumonia: x.dcm: <truncated>"
+    label = next(lbl for lbl, v in ex.worklist.select.options if v == uid)
+    assert "model could not run" in label
+    assert "could not run: pneumonia: x.dcm: &lt;truncated&gt;" in worklist_html(
+        ex.worklist.full[ex.worklist.full["study_uid"] == uid])
+    ex.worklist.pick(uid)
+    assert ex.case.study_uid == uid
+    assert "Model could not run: pneumonia: x.dcm: &lt;truncated&gt;" in ex.case.findings_panel.value
+    # without the failure the same study is just "no AI result"
+    plain = _explorer(cohort, findings, tmp_path)
+    plain.worklist.pick(uid)
+    assert "could not run" not in plain.case.findings_panel.value
+    assert plain.worklist.full.set_index("study_uid").loc[uid, "failure"] == ""
 
 
 def test_viewer_controls_change_the_image() -> None:

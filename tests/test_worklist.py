@@ -1,4 +1,4 @@
-"""Worklist ordering (AI urgency, uncertain band as its own state, waits) and filters."""
+"""Worklist ordering (AI urgency, indeterminate band as its own state, waits) and filters."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import pandas as pd
 import pytest
 
 from cds.errors import ParameterError
-from cds.finding import Finding
+from cds.finding import Failure, Finding
 from cds.review.worklist import (
+    AI_STATES,
+    STATE_LABELS,
     build_worklist,
     filter_worklist,
+    finding_state,
     findings_frame,
     format_wait,
     worklist_for_cohort,
@@ -46,16 +49,16 @@ def _findings() -> list[Finding]:
         _f("a", "s-pos-big", 0.95), _f("b", "s-pos-small", 0.65), _f("c", "s-unc", 0.59),
         _f("d", "s-neg-close", 0.39), _f("e", "s-neg-far", 0.02),
         _f("h", "s-measured", None, model="ef", display="LVEF", value=55.0, threshold=None),
-        # a study with two findings: its most urgent one (uncertain) decides its place
+        # a study with two findings: its most urgent one (indeterminate) decides its place
         _f("a", "s-two", 0.1, model="m1", display="Nodule"), _f("a", "s-two", 0.45, model="m2", display="Effusion"),
     ]
 
 
-def test_order_positive_by_margin_then_uncertain_measured_negative_no_ai() -> None:
+def test_order_positive_by_margin_then_indeterminate_measured_negative_no_ai() -> None:
     wl = build_worklist(_imaging(), _findings(), now="2020-04-08")
     assert wl["study_uid"].tolist() == ["s-pos-big", "s-pos-small", "s-unc", "s-two", "s-measured", "s-neg-close",
                                         "s-neg-far", "s-none-old", "s-none-new"]
-    assert wl["ai_state"].tolist() == ["positive", "positive", "uncertain", "uncertain", "measured", "negative",
+    assert wl["ai_state"].tolist() == ["positive", "positive", "indeterminate", "indeterminate", "measured", "negative",
                                        "negative", "no-ai", "no-ai"]
     two = wl[wl["study_uid"] == "s-two"].iloc[0]
     assert two["finding"] == "Effusion" and two["n_findings"] == 2 and two["findings"] == ["Effusion", "Nodule"]
@@ -66,11 +69,11 @@ def test_order_positive_by_margin_then_uncertain_measured_negative_no_ai() -> No
     assert wl[wl["study_uid"] == "s-none-old"].iloc[0]["waited_text"] == "38 d"
 
 
-def test_band_edges_are_uncertain_and_ties_go_to_the_longest_wait() -> None:
+def test_band_edges_are_indeterminate_and_ties_go_to_the_longest_wait() -> None:
     img = _imaging().iloc[:3].copy()
     fs = [_f("a", "s-pos-big", 0.6), _f("b", "s-pos-small", 0.6), _f("c", "s-unc", 0.4)]
     wl = build_worklist(img, fs, now="2020-04-10")
-    assert wl["ai_state"].tolist() == ["uncertain"] * 3
+    assert wl["ai_state"].tolist() == ["indeterminate"] * 3
     assert wl["study_uid"].tolist() == ["s-pos-big", "s-pos-small", "s-unc"]  # equal margin: oldest first
 
 
@@ -97,11 +100,37 @@ def test_filters_keep_order_and_refuse_unknown_states() -> None:
     assert filter_worklist(wl, modality=["DX", "CT"])["study_uid"].tolist() == ["s-pos-small", "s-neg-far"]
     assert filter_worklist(wl, finding="Nodule")["study_uid"].tolist() == ["s-two"]
     assert len(filter_worklist(wl, review_status="unreviewed")) == 7
-    assert filter_worklist(wl, ai_state="uncertain")["study_uid"].tolist() == ["s-unc", "s-two"]
+    assert filter_worklist(wl, ai_state="indeterminate")["study_uid"].tolist() == ["s-unc", "s-two"]
     assert filter_worklist(wl, patient_id="a")["study_uid"].tolist() == ["s-pos-big", "s-two"]
     assert len(filter_worklist(wl, modality="all", finding=None)) == len(wl)
     with pytest.raises(ParameterError, match="ai_state"):
         filter_worklist(wl, ai_state="maybe")
+
+
+def test_states_are_the_finding_interpretations_and_each_has_one_label() -> None:
+    fs = _findings()
+    for f in fs:
+        assert finding_state(f)[0] == f.interpretation
+    wl = build_worklist(_imaging(), [fs[2]], now="2020-04-08")
+    assert wl.set_index("study_uid").loc["s-unc", "ai_state"] == fs[2].interpretation == "indeterminate"
+    assert list(STATE_LABELS) == list(AI_STATES) and STATE_LABELS["indeterminate"] == "AI indeterminate"
+    assert len(set(STATE_LABELS.values())) == len(AI_STATES)
+
+
+def test_failures_give_the_reason_of_a_study_without_an_ai_result() -> None:
+    fails = [Failure("f", "s-none-old", "pneumonia", "ImageReadError", "x.dcm: truncated"),
+             Failure("f", "s-none-old", "pneumonia", "ImageReadError", "x.dcm: truncated"),  # reported twice
+             Failure("f", "s-none-old", "cxr-icu", "ParameterError", "no CRP"),
+             Failure("a", "s-pos-big", "cxr-icu", "ParameterError", "no CRP"),
+             Failure("g", None, "cxr-icu", "ParameterError", "no study")]
+    wl = build_worklist(_imaging(), _findings(), now="2020-04-08", failures=fails).set_index("study_uid")
+    assert wl.loc["s-none-old", "failure"] == "pneumonia: x.dcm: truncated; cxr-icu: no CRP"
+    assert wl.loc["s-none-old", "ai_state"] == "no-ai"
+    # another model's finding still decides the study's state; the failure is kept beside it
+    assert wl.loc["s-pos-big", "ai_state"] == "positive" and wl.loc["s-pos-big", "failure"] == "cxr-icu: no CRP"
+    assert wl.loc["s-none-new", "failure"] == ""
+    plain = build_worklist(_imaging(), _findings(), now="2020-04-08")
+    assert plain["study_uid"].tolist() == wl.index.tolist()  # failures never change the order
 
 
 def test_findings_frame_and_missing_columns() -> None:

@@ -2,15 +2,19 @@
 
 Each study gets an AI state from its most urgent Finding:
 
-========== ============================================================== ====
-state      meaning                                                        rank
-========== ============================================================== ====
-positive   score at or above the model's threshold, outside the band      0
-uncertain  score inside the model's indeterminate band ("AI uncertain")   1
-measured   a measurement without a threshold (e.g. an ejection fraction)  2
-negative   score below the threshold, outside the band                    3
-no-ai      no AI result for the study (not run, failed, not eligible)     4
-========== ============================================================== ====
+============= ================================================================ ====
+state         meaning                                                          rank
+============= ================================================================ ====
+positive      score at or above the model's threshold, outside the band        0
+indeterminate score inside the model's indeterminate band ("AI indeterminate") 1
+measured      a measurement without a threshold (e.g. an ejection fraction)    2
+negative      score below the threshold, outside the band                      3
+no-ai         no AI result for the study (not run, failed, not eligible)       4
+============= ================================================================ ====
+
+The first four are :attr:`cds.finding.Finding.interpretation` words (``indeterminate`` is FHIR's
+``IND``); :data:`STATE_LABELS` names every state on screen. A study whose model could not run
+(a :class:`cds.finding.Failure`) stays ``no-ai`` and carries the reason in ``failure``.
 
 Inside a state, studies are ordered by margin (score minus threshold; largest first, so the most
 certain positives lead and the negatives closest to the threshold come first), then by how long
@@ -25,9 +29,11 @@ the order is by waiting time only.
 ...     "model_id": ["m", "m"], "model_version": ["1", "1"], "code": ["x", "x"], "display": ["X", "X"],
 ...     "probability": [0.2, 0.9], "value": [None, None], "unit": [None, None], "threshold": [0.5, 0.5],
 ...     "indeterminate_low": [0.4, 0.4], "indeterminate_high": [0.6, 0.6]})
->>> wl = build_worklist(imaging, findings, now="2020-01-04")
->>> wl[["study_uid", "ai_state", "waited_text"]].values.tolist()
-[['2', 'positive', '2 d'], ['1', 'negative', '3 d'], ['3', 'no-ai', '1 d']]
+>>> from cds.finding import Failure
+>>> failed = [Failure("c", "3", "m", "ImageReadError", "a.dcm: truncated")]
+>>> wl = build_worklist(imaging, findings, now="2020-01-04", failures=failed)
+>>> wl[["study_uid", "ai_state", "waited_text", "failure"]].values.tolist()
+[['2', 'positive', '2 d', ''], ['1', 'negative', '3 d', ''], ['3', 'no-ai', '1 d', 'm: a.dcm: truncated']]
 """
 
 from __future__ import annotations
@@ -39,12 +45,19 @@ import numpy as np
 import pandas as pd
 
 from cds.errors import ParameterError
+from cds.finding import Failure, Finding, interpret
 
-__all__ = ["AI_STATES", "REVIEW_STATES", "findings_frame", "ai_state", "build_worklist", "filter_worklist",
-           "format_wait", "worklist_for_cohort"]
+__all__ = ["AI_STATES", "STATE_LABELS", "REVIEW_STATES", "findings_frame", "ai_state", "state_and_margin",
+           "finding_state", "finding_urgency", "failure_text", "build_worklist", "filter_worklist", "format_wait",
+           "worklist_for_cohort"]
 
-AI_STATES = ("positive", "uncertain", "measured", "negative", "no-ai")
+#: AI states, most urgent first: the Finding interpretations, then ``no-ai``.
+AI_STATES = ("positive", "indeterminate", "measured", "negative", "no-ai")
+#: How each AI state is named on screen (worklist, filters, badges, timelines, static HTML).
+STATE_LABELS = {"positive": "AI positive", "indeterminate": "AI indeterminate", "measured": "AI measurement",
+                "negative": "AI negative", "no-ai": "no AI result"}
 _RANK = {s: i for i, s in enumerate(AI_STATES)}
+_THRESHOLDED = ("positive", "indeterminate", "negative")
 #: Study-level review states: none of its findings reviewed, all accepted, any overridden, some reviewed.
 REVIEW_STATES = ("unreviewed", "accepted", "overridden", "partly reviewed", "no AI result")
 
@@ -52,7 +65,11 @@ FINDING_COLUMNS = ["id", "patient_id", "study_uid", "model_id", "model_version",
                    "value", "unit", "threshold", "indeterminate_low", "indeterminate_high"]
 WORKLIST_COLUMNS = ["patient_id", "study_uid", "imaging_study_id", "modality", "description", "started", "waited",
                     "waited_text", "ai_state", "ai_rank", "margin", "score", "threshold", "finding", "model_id",
-                    "finding_id", "n_findings", "findings", "review_status"]
+                    "finding_id", "n_findings", "findings", "review_status", "failure"]
+
+
+def _missing(v: Any) -> bool:
+    return v is None or bool(pd.isna(v))
 
 
 def findings_frame(findings: Iterable[Any]) -> pd.DataFrame:
@@ -64,30 +81,75 @@ def findings_frame(findings: Iterable[Any]) -> pd.DataFrame:
         rows.append({**{k: d.get(k) for k in FINDING_COLUMNS[:-2]},
                      "indeterminate_low": band[0], "indeterminate_high": band[1]})
         if rows[-1]["id"] is None:
-            from cds.finding import Finding
-
             rows[-1]["id"] = Finding.from_dict(d).id
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
 def ai_state(score: float | None, threshold: float | None, low: float | None = None,
              high: float | None = None) -> str:
-    """``positive`` / ``uncertain`` / ``measured`` / ``negative`` / ``no-ai`` for one score.
+    """``positive`` / ``indeterminate`` / ``measured`` / ``negative`` / ``no-ai`` for one score.
 
-    Matches :func:`cds.finding.interpret` (the band is closed at both ends).
+    :func:`cds.finding.interpret` of the score (missing values may be NaN, as in a table), and
+    ``no-ai`` without a score.
 
     >>> ai_state(0.55, 0.5, 0.4, 0.6), ai_state(0.7, 0.5, 0.4, 0.6), ai_state(None, None)
-    ('uncertain', 'positive', 'no-ai')
-    >>> ai_state(42.0, None)
+    ('indeterminate', 'positive', 'no-ai')
+    >>> ai_state(42.0, float("nan"))
     'measured'
     """
-    if score is None or pd.isna(score):
+    if _missing(score):
         return "no-ai"
-    if threshold is None or pd.isna(threshold):
-        return "measured"
-    if low is not None and high is not None and not pd.isna(low) and not pd.isna(high) and low <= score <= high:
-        return "uncertain"
-    return "positive" if score >= threshold else "negative"
+    band = None if _missing(low) or _missing(high) else (float(low), float(high))  # type: ignore[arg-type]
+    return interpret(float(score), None if _missing(threshold) else float(threshold), band)  # type: ignore[arg-type]
+
+
+def state_and_margin(score: float | None, threshold: float | None, low: float | None = None,
+                     high: float | None = None) -> tuple[str, float]:
+    """:func:`ai_state` and the margin (score minus threshold; NaN for ``measured`` and ``no-ai``).
+
+    >>> state, margin = state_and_margin(0.45, 0.5, 0.4, 0.6)
+    >>> state, round(margin, 3)
+    ('indeterminate', -0.05)
+    >>> state_and_margin(55.0, None)
+    ('measured', nan)
+    """
+    state = ai_state(score, threshold, low, high)
+    margin = float(score) - float(threshold) if state in _THRESHOLDED else np.nan  # type: ignore[arg-type]
+    return state, margin
+
+
+def _urgency(state: str, margin: float) -> tuple[int, float]:
+    return _RANK[state], -(-np.inf if pd.isna(margin) else margin)
+
+
+def finding_state(finding: Finding) -> tuple[str, float]:
+    """:func:`state_and_margin` of one Finding (its score against its threshold and band).
+
+    >>> finding_state(Finding("p", "1", "s", "c", "d", "m", "1", probability=0.9, threshold=0.5))
+    ('positive', 0.4)
+    """
+    band = finding.indeterminate or (None, None)
+    return state_and_margin(finding.score, finding.threshold, band[0], band[1])
+
+
+def finding_urgency(finding: Finding) -> tuple[int, float]:
+    """Sort key of one Finding, most urgent first: state rank, then the larger margin (the worklist's order).
+
+    >>> hi = Finding("p", "1", "s", "c", "d", "m", "1", probability=0.9, threshold=0.5)
+    >>> band = Finding("p", "1", "s", "c", "d", "m", "1", probability=0.55, threshold=0.5, indeterminate=(0.4, 0.6))
+    >>> sorted([band, hi], key=finding_urgency) == [hi, band]
+    True
+    """
+    return _urgency(*finding_state(finding))
+
+
+def failure_text(failure: Failure) -> str:
+    """The reason a study has no AI result from one model, as shown to a user: ``model: message``.
+
+    >>> failure_text(Failure("p1", "1.2.3", "pneumonia", "ImageReadError", "a.dcm: truncated"))
+    'pneumonia: a.dcm: truncated'
+    """
+    return f"{failure.model_id}: {failure.message}"
 
 
 def format_wait(delta: pd.Timedelta | None) -> str:
@@ -125,7 +187,8 @@ def _review_status(statuses: list[str | None]) -> str:
 
 
 def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any] | None = None,
-                   reviews: pd.DataFrame | None = None, now: Any = None, blind: bool = False) -> pd.DataFrame:
+                   reviews: pd.DataFrame | None = None, now: Any = None, blind: bool = False,
+                   failures: Iterable[Failure] = ()) -> pd.DataFrame:
     """One row per imaging study, most urgent first (see the module docstring for the order).
 
     Parameters
@@ -141,6 +204,9 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
         deterministic; pass the cohort's reference date for "as of" views).
     blind
         Reader-study mode: order by waiting time only (the AI must not steer the reader).
+    failures
+        :class:`cds.finding.Failure` records: a study's ``failure`` column says why its models gave no
+        Finding (:func:`failure_text`, ``; ``-joined; empty when none failed).
     """
     need = {"patient_id", "study_uid", "modality", "started"}
     missing = need - set(imaging.columns)
@@ -173,6 +239,10 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
     status_of: dict[str, str] = {}
     if reviews is not None and len(reviews):
         status_of = dict(zip(reviews["finding_id"], reviews["status"], strict=False))
+    failed: dict[str, list[str]] = {}
+    for fl in failures:
+        if fl.study_uid is not None:
+            failed.setdefault(str(fl.study_uid), []).append(failure_text(fl))
 
     best: dict[str, dict[str, Any]] = {}
     per_study: dict[str, list[dict[str, Any]]] = {}
@@ -180,13 +250,12 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
         score = r.get("probability")
         if score is None or pd.isna(score):
             score = r.get("value")
-        state = ai_state(score, r.get("threshold"), r.get("indeterminate_low"), r.get("indeterminate_high"))
-        margin = (float(score) - float(r["threshold"])) if state in ("positive", "uncertain", "negative") else np.nan
+        state, margin = state_and_margin(score, r.get("threshold"), r.get("indeterminate_low"),
+                                         r.get("indeterminate_high"))
         item = {**r, "score": score, "state": state, "margin": margin, "review": status_of.get(r["id"])}
         per_study.setdefault(str(r["study_uid"]), []).append(item)
         cur = best.get(str(r["study_uid"]))
-        key = (_RANK[state], -(margin if not pd.isna(margin) else -np.inf))
-        if cur is None or key < (_RANK[cur["state"]], -(cur["margin"] if not pd.isna(cur["margin"]) else -np.inf)):
+        if cur is None or _urgency(state, margin) < _urgency(cur["state"], cur["margin"]):
             best[str(r["study_uid"])] = item
 
     rows = []
@@ -205,6 +274,7 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
             "model_id": b.get("model_id") if b else None, "finding_id": b.get("id") if b else None,
             "n_findings": len(items), "findings": sorted({str(i.get("display")) for i in items}),
             "review_status": _review_status([i["review"] for i in items]),
+            "failure": "; ".join(dict.fromkeys(failed.get(uid, []))),
         })
     wl = pd.DataFrame(rows, columns=WORKLIST_COLUMNS)
     if not len(wl):
@@ -221,10 +291,11 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
 
 
 def worklist_for_cohort(cohort: Any, findings: pd.DataFrame | Iterable[Any] | None = None,
-                        reviews: pd.DataFrame | None = None, now: Any = None, blind: bool = False) -> pd.DataFrame:
+                        reviews: pd.DataFrame | None = None, now: Any = None, blind: bool = False,
+                        failures: Iterable[Failure] = ()) -> pd.DataFrame:
     """:func:`build_worklist` for a :class:`cds.sources.cohort.Cohort`; ``now`` defaults to its reference date."""
     when = now if now is not None else (cohort.reference_date or None)
-    return build_worklist(cohort.imaging, findings, reviews, now=when, blind=blind)
+    return build_worklist(cohort.imaging, findings, reviews, now=when, blind=blind, failures=failures)
 
 
 def filter_worklist(worklist: pd.DataFrame, modality: str | Sequence[str] | None = None,

@@ -33,34 +33,31 @@ from cds.explorer.widgets.static import (
     trends_html,
 )
 from cds.explorer.widgets.viewer import ImageViewer
+from cds.finding import Failure
 from cds.images import render
 from cds.review.store import ReviewStore
-from cds.review.worklist import AI_STATES, ai_state
+from cds.review.worklist import AI_STATES, STATE_LABELS, finding_state, finding_urgency
 
 __all__ = ["CaseView", "group_findings"]
 
 log = logging.getLogger(__name__)
-_RANK = {s: i for i, s in enumerate(AI_STATES)}
-
-
-def _state(f: Any) -> str:
-    band = f.indeterminate or (None, None)
-    return ai_state(f.score, f.threshold, band[0], band[1])
-
-
-def _urgency(f: Any) -> tuple[int, float]:
-    st = _state(f)
-    margin = (f.score - f.threshold) if st in ("positive", "uncertain", "negative") else 0.0
-    return _RANK[st], -margin
+_NO_AI = (AI_STATES.index("no-ai"), 0.0)
 
 
 def group_findings(findings: Sequence[Any]) -> dict[str, list[Any]]:
-    """Findings by study UID, most urgent first within each study (same order as the worklist)."""
+    """Findings by study UID, most urgent first within each study (the worklist's order).
+
+    >>> from cds.finding import Finding
+    >>> lo = Finding("p", "1", "s", "c", "Low", "m", "1", probability=0.1, threshold=0.5)
+    >>> hi = Finding("p", "1", "s", "c", "High", "m2", "1", probability=0.9, threshold=0.5)
+    >>> [f.display for f in group_findings([lo, hi])["1"]]
+    ['High', 'Low']
+    """
     out: dict[str, list[Any]] = {}
     for f in findings:
         out.setdefault(str(f.study_uid), []).append(f)
     for uid in out:
-        out[uid].sort(key=_urgency)
+        out[uid].sort(key=finding_urgency)
     return out
 
 
@@ -77,13 +74,19 @@ class CaseView(StaticFallback, W.VBox):
         Passed to the :class:`~cds.explorer.widgets.actions.ActionsPanel`.
     cards
         model id -> ``{"name", "version", "html", "path"}`` (see :func:`cds.explorer.app.model_cards`).
+    failures
+        :class:`cds.finding.Failure` records: the findings panel of a study says which model could not run.
     """
 
     def __init__(self, cohort: Any, findings: Sequence[Any], store: ReviewStore, reviewer: str,
                  reader_study: bool = False, cards: dict[str, dict[str, Any]] | None = None,
-                 image_cache: int = 8, **kwargs: Any) -> None:
+                 image_cache: int = 8, failures: Sequence[Failure] = (), **kwargs: Any) -> None:
         self.cohort = cohort
         self.by_study = group_findings(findings)
+        self.failures_by_study: dict[str, list[Failure]] = {}
+        for fl in failures:
+            if fl.study_uid is not None:
+                self.failures_by_study.setdefault(str(fl.study_uid), []).append(fl)
         self.store = store
         self.reviewer = reviewer
         self.reader_study = reader_study
@@ -128,8 +131,8 @@ class CaseView(StaticFallback, W.VBox):
         img = rec.imaging.copy()
         img["started"] = pd.to_datetime(img["started"], utc=True)
         studies = img.sort_values("started", kind="stable").groupby("study_uid", sort=False).first().reset_index()
-        studies["ai_state"] = [
-            _state(self.by_study[u][0]) if u in self.by_study else "no-ai" for u in studies["study_uid"]]
+        top = {u: self.by_study[u][0] for u in studies["study_uid"] if u in self.by_study}
+        studies["ai_state"] = [finding_state(top[u])[0] if u in top else "no-ai" for u in studies["study_uid"]]
         self.studies = studies
         self.header.value = patient_header_html(rec, self.cohort.reference_date, n_studies=len(studies))
         self.trends.value = trends_html(rec.observations, list(studies["started"]))
@@ -138,13 +141,14 @@ class CaseView(StaticFallback, W.VBox):
             if self.reader_study:  # the AI must not choose what the reader sees first: the latest study
                 study_uid = studies.iloc[-1]["study_uid"]
             else:
-                ranked = sorted(studies.itertuples(), key=lambda r: (_RANK[r.ai_state], -r.started.value
-                                                                     if not pd.isna(r.started) else 0))
+                ranked = sorted(studies.itertuples(), key=lambda r: (
+                    *(finding_urgency(top[r.study_uid]) if r.study_uid in top else _NO_AI),
+                    -r.started.value if not pd.isna(r.started) else 0))
                 study_uid = ranked[0].study_uid
         opts = []
         for r in studies.itertuples():
             d = r.started.strftime("%Y-%m-%d") if not pd.isna(r.started) else "no date"
-            state = "" if self.reader_study else f" · {r.ai_state}"
+            state = "" if self.reader_study else f" · {STATE_LABELS[r.ai_state]}"
             opts.append((f"{d} · {r.modality} · {r.description or ''}{state}", r.study_uid))
         self._quiet = True
         try:
@@ -232,8 +236,10 @@ class CaseView(StaticFallback, W.VBox):
         if not self._revealed:
             hidden = ("Reader study: record your own read (finding present or absent, and your confidence) below; "
                       "the AI result appears once it is saved.")
+        failed = self.failures_by_study.get(str(self.study_uid), []) if self.study_uid else []
         self.findings_panel.value = findings_html(findings, self.cards,
-                                                  {f.id: self.store.latest_review(f.id) for f in findings}, hidden)
+                                                  {f.id: self.store.latest_review(f.id) for f in findings}, hidden,
+                                                  failures=failed)
 
     # ------------------------------------------------------------------------------- static
     def static_html(self) -> str:

@@ -21,7 +21,9 @@ import ipywidgets as W
 from cds.explorer.widgets.case_view import CaseView
 from cds.explorer.widgets.static import STYLE, StaticFallback, esc, worklist_html
 from cds.explorer.widgets.worklist import WorklistWidget
+from cds.finding import Failure
 from cds.review.store import ReviewStore
+from cds.review.worklist import failure_text
 
 __all__ = ["CaseExplorer"]
 
@@ -47,14 +49,15 @@ class CaseExplorer(StaticFallback, W.VBox):
     now
         The time worklist waits are measured to (default: the cohort's reference date).
     failures
-        Rows of studies a model could not run on (shown as a count with the reasons).
+        :class:`cds.finding.Failure` records of studies a model could not run on (a count with the
+        reasons at the top; the worklist row and the study's findings panel say so too).
     open_first
         Open the first worklist study right away (default True).
     """
 
     def __init__(self, cohort: Any, findings: Sequence[Any], store: ReviewStore | str, reviewer: str,
                  reader_study: bool = False, cards: dict[str, dict[str, Any]] | None = None, now: Any = None,
-                 failures: Sequence[dict[str, Any]] | None = None, open_first: bool = True, **kwargs: Any) -> None:
+                 failures: Sequence[Failure] | None = None, open_first: bool = True, **kwargs: Any) -> None:
         self.cohort = cohort
         self.findings = list(findings)
         self.store = store if isinstance(store, ReviewStore) else ReviewStore(store)
@@ -63,8 +66,9 @@ class CaseExplorer(StaticFallback, W.VBox):
         self.now = now if now is not None else (cohort.reference_date or None)
         self.failures = list(failures or [])
         self.worklist = WorklistWidget(cohort.imaging, self.findings, self.store.reviews_frame(), now=self.now,
-                                       blind=reader_study)
-        self.case = CaseView(cohort, self.findings, self.store, reviewer, reader_study=reader_study, cards=cards)
+                                       blind=reader_study, failures=self.failures)
+        self.case = CaseView(cohort, self.findings, self.store, reviewer, reader_study=reader_study, cards=cards,
+                             failures=self.failures)
         self.worklist.on_select(self._open)
         self.case.actions.on_action(lambda _rec: self.worklist.refresh(reviews=self.store.reviews_frame()))
         self.switch_ms: list[float] = []
@@ -75,8 +79,8 @@ class CaseExplorer(StaticFallback, W.VBox):
         fail = ""
         if self.failures:
             reasons: dict[str, int] = {}
-            for f in self.failures:
-                key = f"{f.model_id}: {f.message}"
+            for fl in self.failures:
+                key = failure_text(fl)
                 reasons[key] = reasons.get(key, 0) + 1
             items = "".join(f"<li>{esc(k)} ({n})</li>" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
             fail = (f'<details><summary class="cds-muted">{len(self.failures)} stud(ies) without an AI result because '

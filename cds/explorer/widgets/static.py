@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cds.finding import Failure
+from cds.images.render import STATE_COLOURS
+from cds.review.worklist import STATE_LABELS, failure_text
+
 __all__ = [
     "STYLE",
     "esc",
@@ -40,11 +44,8 @@ __all__ = [
     "snapshot_html",
 ]
 
-#: How each interpretation / worklist state is named on screen.
-STATE_LABELS = {"positive": "AI positive", "indeterminate": "AI uncertain", "uncertain": "AI uncertain",
-                "negative": "AI negative", "measured": "AI measurement", "no-ai": "no AI result"}
-_HEX = {"positive": "#dc322f", "indeterminate": "#e6a000", "uncertain": "#e6a000", "negative": "#3ca03c",
-        "measured": "#268bd2", "no-ai": "#8c8c8c"}
+#: Badge / timeline colour of each AI state: the overlay colours of :data:`cds.images.render.STATE_COLOURS`.
+_HEX = {s: "#{:02x}{:02x}{:02x}".format(*rgb) for s, rgb in STATE_COLOURS.items()}
 TREND_CATEGORIES = ("laboratory", "vital-signs")
 
 STYLE = """<style>
@@ -80,7 +81,7 @@ def esc(value: Any) -> str:
 
 
 def _badge(state: str) -> str:
-    return (f'<span class="cds-badge" style="background:{_HEX.get(state, "#8c8c8c")}">'
+    return (f'<span class="cds-badge" style="background:{_HEX.get(state, _HEX["no-ai"])}">'
             f"{esc(STATE_LABELS.get(state, state))}</span>")
 
 
@@ -272,7 +273,7 @@ def timeline_html(studies: pd.DataFrame, selected: str | None = None, width: int
             continue
         x = sx(r.started)
         state = "no-ai" if blind else getattr(r, "ai_state", "no-ai")
-        colour = _HEX.get(state, "#8c8c8c")
+        colour = _HEX.get(state, _HEX["no-ai"])
         ring = (f'<circle cx="{x:.1f}" cy="{y}" r="10" fill="none" stroke="#111" stroke-width="2"/>'
                 if r.study_uid == selected else "")
         tip = f"{_date(r.started)} {r.modality}" + ("" if blind else f" · {STATE_LABELS.get(state, state)}")
@@ -309,7 +310,7 @@ def _score_bar(score: float, threshold: float | None, band: Sequence[float] | No
              f'<rect x="4" y="8" width="{width - 8}" height="8" fill="#e8e8e8" rx="3"/>']
     if band:
         parts.append(f'<rect x="{x(band[0]):.1f}" y="6" width="{max(x(band[1]) - x(band[0]), 1):.1f}" height="12" '
-                     f'fill="#e6a000" opacity="0.45"><title>indeterminate band {band[0]:.3g}–{band[1]:.3g}</title></rect>')
+                     f'fill="{_HEX["indeterminate"]}" opacity="0.45"><title>indeterminate band {band[0]:.3g}–{band[1]:.3g}</title></rect>')
     if threshold is not None:
         parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="3" y2="21" stroke="#111" '
                      f'stroke-width="2"><title>threshold {threshold:.3g}</title></line>')
@@ -330,7 +331,7 @@ def finding_card_html(finding: Any, card: dict[str, Any] | None = None, review: 
     else:
         what = "no score"
     thr = f" · threshold {f.threshold:.3g}" if f.threshold is not None else ""
-    band = (f" · uncertain between {f.indeterminate[0]:.3g} and {f.indeterminate[1]:.3g}"
+    band = (f" · indeterminate between {f.indeterminate[0]:.3g} and {f.indeterminate[1]:.3g}"
             if f.indeterminate else "")
     bar = _score_bar(float(score), f.threshold, f.indeterminate) if score is not None else ""
     card = card or {}
@@ -363,15 +364,26 @@ def finding_card_html(finding: Any, card: dict[str, Any] | None = None, review: 
 
 
 def findings_html(findings: Sequence[Any], cards: dict[str, dict[str, Any]] | None = None,
-                  reviews: dict[str, dict[str, Any] | None] | None = None, hidden_reason: str | None = None) -> str:
-    """The AI findings panel of one study (or why it is hidden, e.g. before a reader-study read)."""
+                  reviews: dict[str, dict[str, Any] | None] | None = None, hidden_reason: str | None = None,
+                  failures: Sequence[Failure] = ()) -> str:
+    """The AI findings panel of one study (or why it is hidden, e.g. before a reader-study read).
+
+    ``failures`` are the study's :class:`cds.finding.Failure` records: why a model gave no Finding.
+
+    >>> from cds.finding import Failure
+    >>> "pneumonia: a.dcm: truncated" in findings_html([], failures=[Failure("p", "1", "pneumonia", "E", "a.dcm: truncated")])
+    True
+    """
     if hidden_reason:
         return f'<div class="cds-box cds-ai-hidden"><b>AI results hidden</b><br>{esc(hidden_reason)}</div>'
+    failed = "".join(f'<div class="cds-failure" style="color:#b00020">Model could not run: {esc(failure_text(fl))}</div>'
+                     for fl in failures)
     if not findings:
-        return '<div class="cds-box"><b>AI findings</b><br><span class="cds-muted">No AI result for this study.</span></div>'
+        return (f'<div class="cds-box"><b>AI findings</b><br><span class="cds-muted">No AI result for this study.'
+                f"</span>{failed}</div>")
     cards, reviews = cards or {}, reviews or {}
     body = "".join(finding_card_html(f, cards.get(f.model_id), reviews.get(f.id)) for f in findings)
-    return f'<div class="cds-box cds-findings"><b>AI findings</b>{body}</div>'
+    return f'<div class="cds-box cds-findings"><b>AI findings</b>{body}{failed}</div>'
 
 
 # -------------------------------------------------------------------------------------- worklist
@@ -384,7 +396,9 @@ def worklist_html(worklist: pd.DataFrame, n: int = 25, blind: bool = False) -> s
     for r in worklist.head(n).itertuples():
         cells = [esc(r.patient_id), _date(r.started), esc(r.modality), esc(r.waited_text)]
         if not blind:
-            cells += [_badge(r.ai_state), esc(r.finding), "" if pd.isna(r.score) else f"{float(r.score):.3f}"]
+            what = esc(r.finding) if r.ai_state != "no-ai" or not r.failure else (
+                f'<span class="cds-failure">could not run: {esc(r.failure)}</span>')
+            cells += [_badge(r.ai_state), what, "" if pd.isna(r.score) else f"{float(r.score):.3f}"]
         cells.append(esc(r.review_status))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     more = f'<div class="cds-muted">{len(worklist) - n} more studies</div>' if len(worklist) > n else ""

@@ -1,7 +1,8 @@
 """The worklist widget: studies by AI urgency (or by waiting time in reader studies), with filters.
 
 Ordering and filtering live in :mod:`cds.review.worklist` (pandas in, pandas out); this widget only shows
-them. Picking a row calls the ``on_select`` callbacks with ``(patient_id, study_uid)``.
+them; states are named by :data:`cds.review.worklist.STATE_LABELS`. Picking a row calls the
+``on_select`` callbacks with ``(patient_id, study_uid)``.
 
 >>> import pandas as pd
 >>> imaging = pd.DataFrame({"patient_id": ["a"], "study_uid": ["1"], "imaging_study_id": ["s1"],
@@ -19,22 +20,27 @@ from typing import Any
 import ipywidgets as W
 import pandas as pd
 
-from cds.explorer.widgets.static import STATE_LABELS, STYLE, StaticFallback, esc, worklist_html
-from cds.review.worklist import AI_STATES, REVIEW_STATES, build_worklist, filter_worklist
+from cds.explorer.widgets.static import STYLE, StaticFallback, esc, worklist_html
+from cds.finding import Failure
+from cds.review.worklist import AI_STATES, REVIEW_STATES, STATE_LABELS, build_worklist, filter_worklist
 
 __all__ = ["WorklistWidget", "row_label"]
 
-_ICON = {"positive": "▲", "uncertain": "◆", "measured": "●", "negative": "▽", "no-ai": "·"}
+_ICON = {"positive": "▲", "indeterminate": "◆", "measured": "●", "negative": "▽", "no-ai": "·"}
+_LABEL_WIDTH = max(len(v) for v in STATE_LABELS.values())
 
 
 def row_label(r: Any, blind: bool = False) -> str:
-    """One fixed-width line of the worklist.
+    """One fixed-width line of the worklist (a study whose model could not run says so).
 
     >>> r = pd.Series({"patient_id": "p1", "started": pd.Timestamp("2020-04-01"), "modality": "CR",
     ...                "waited_text": "3 d", "ai_state": "positive", "finding": "Pneumonia", "score": 0.91,
-    ...                "review_status": "unreviewed"})
+    ...                "review_status": "unreviewed", "failure": ""})
     >>> row_label(r)
-    '▲ AI positive  | p1       | 2020-04-01 CR    | waited 3 d        | Pneumonia 0.910    | unreviewed'
+    '▲ AI positive      | p1       | 2020-04-01 CR    | waited 3 d        | Pneumonia 0.910    | unreviewed'
+    >>> failed = pd.Series({**r, "ai_state": "no-ai", "finding": None, "score": float("nan"), "failure": "m: x"})
+    >>> row_label(failed).split(" | ")[4]
+    'model could not run'
     """
     date = pd.Timestamp(r["started"]).strftime("%Y-%m-%d") if not pd.isna(r["started"]) else "no date   "
     pid = str(r["patient_id"])
@@ -45,8 +51,9 @@ def row_label(r: Any, blind: bool = False) -> str:
     state = r["ai_state"]
     score = "" if pd.isna(r["score"]) else f"{float(r['score']):.3f}"
     finding = "" if r["finding"] is None or pd.isna(r["finding"]) else str(r["finding"])[:12]
-    return (f"{_ICON.get(state, '·')} {STATE_LABELS.get(state, state):<12} | {base} | "
-            f"{(finding + ' ' + score).strip():<18} | {r['review_status']}")
+    what = "model could not run" if state == "no-ai" and r.get("failure") else (finding + " " + score).strip()
+    return (f"{_ICON.get(state, '·')} {STATE_LABELS.get(state, state):<{_LABEL_WIDTH}} | {base} | "
+            f"{what:<18} | {r['review_status']}")
 
 
 class WorklistWidget(StaticFallback, W.VBox):
@@ -64,16 +71,20 @@ class WorklistWidget(StaticFallback, W.VBox):
         The time waits are measured to (the explorer passes the cohort's reference date).
     blind
         Reader-study mode: no AI columns or AI filter; ordered by waiting time.
+    failures
+        :class:`cds.finding.Failure` records: a study whose model could not run says so.
     """
 
     def __init__(self, imaging: pd.DataFrame, findings: Sequence[Any] | pd.DataFrame, reviews: pd.DataFrame | None = None,
-                 now: Any = None, blind: bool = False, rows: int = 10, **kwargs: Any) -> None:
+                 now: Any = None, blind: bool = False, rows: int = 10, failures: Sequence[Failure] = (),
+                 **kwargs: Any) -> None:
         self.imaging = imaging
         self.findings = findings
+        self.failures = list(failures)
         self.now = now
         self.blind = blind
         self._callbacks: list[Callable[[str, str], None]] = []
-        self.full = build_worklist(imaging, findings, reviews, now=now, blind=blind)
+        self.full = build_worklist(imaging, findings, reviews, now=now, blind=blind, failures=self.failures)
         self.table = self.full
         dd = {"layout": W.Layout(width="220px"), "style": {"description_width": "70px"}}
         mods = sorted({m for ms in self.full["modality"] for m in str(ms).split("/") if m})
@@ -93,8 +104,9 @@ class WorklistWidget(StaticFallback, W.VBox):
         self.select.add_class("cds-worklist-select")
         self.select.observe(self._on_pick, "value")
         header = ("order: waiting time (reader study: AI hidden)" if blind else
-                  "order: AI positive by margin over threshold → AI uncertain (inside the indeterminate band) → "
-                  "measurement → AI negative → no AI result; then longest wait")
+                  f"order: {STATE_LABELS['positive']} by margin over threshold → {STATE_LABELS['indeterminate']} "
+                  f"(inside the indeterminate band) → {STATE_LABELS['measured']} → {STATE_LABELS['negative']} → "
+                  f"{STATE_LABELS['no-ai']}; then longest wait")
         super().__init__([W.HTML(STYLE + f"<b>Worklist</b> <span class='cds-muted'>{esc(header)}</span>"),
                           W.HBox([self.modality, self.finding, self.review_status, self.ai_state]),
                           self.count, self.select], **kwargs)
@@ -125,7 +137,8 @@ class WorklistWidget(StaticFallback, W.VBox):
         """Rebuild from new findings and/or reviews (after an accept/override), keeping filters and selection."""
         if findings is not None:
             self.findings = findings
-        self.full = build_worklist(self.imaging, self.findings, reviews, now=self.now, blind=self.blind)
+        self.full = build_worklist(self.imaging, self.findings, reviews, now=self.now, blind=self.blind,
+                                   failures=self.failures)
         self.apply_filters()
 
     def _on_pick(self, change: dict[str, Any]) -> None:
