@@ -260,7 +260,20 @@ def _fit_predict(kind: str, tr_labs: Any, tr_img: np.ndarray, y: np.ndarray, te_
                  labs_used: list[str]) -> np.ndarray:
     rec = fit_recipe(tr_labs, tr_img, labs_used, kind)
     lr = _fit_lr(standardized(rec, tr_labs, tr_img), y)
-    return lr.predict_proba(standardized(rec, te_labs, te_img))[:, 1]
+    return per_distinct_row(lambda z: lr.predict_proba(z)[:, 1], standardized(rec, te_labs, te_img))
+
+
+def per_distinct_row(score: Any, z: np.ndarray) -> np.ndarray:
+    """``score(z)`` computed once per distinct row of ``z``, so patients with the same inputs get
+    bit-identical scores (a tie). Scoring every row lets BLAS round identical rows differently
+    (by CPU kernel and row position), which breaks ties arbitrarily and makes AUROCs machine-dependent.
+
+    >>> z = np.array([[1.0, 2.0], [0.5, 0.5], [1.0, 2.0]])
+    >>> per_distinct_row(lambda a: a @ np.array([0.1, 0.2]), z).tolist()
+    [0.5, 0.15000000000000002, 0.5]
+    """
+    rows, inverse = np.unique(np.asarray(z), axis=0, return_inverse=True)
+    return np.asarray(score(rows)).reshape(-1)[inverse.reshape(-1)]
 
 
 KINDS = ("combined", "image_only", "labs_only")
@@ -460,9 +473,11 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
 def _predict_recipe(net: Any, rec: dict[str, Any], labs: Any, img: np.ndarray) -> np.ndarray:
     import torch
 
-    z = torch.from_numpy(standardized(rec, labs, img).astype(np.float32))
-    with torch.inference_mode():
-        return sigmoid(net(z)[:, 0].numpy())
+    def score(z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return sigmoid(net(torch.from_numpy(z))[:, 0].numpy())
+
+    return per_distinct_row(score, standardized(rec, labs, img).astype(np.float32))
 
 
 def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None = None, n_boot: int = 2000,
