@@ -57,7 +57,7 @@ def main() -> None:
     img_rows = cohort.imaging[cohort.imaging["pixel_location"].notna()]
     pids = list(dict.fromkeys(img_rows["patient_id"]))[: args.patients]
     if args.findings_json:
-        findings, _ = load_findings(args.findings_json)
+        findings, failures = load_findings(args.findings_json)
     else:
         import torch
 
@@ -65,11 +65,12 @@ def main() -> None:
 
         torch.set_num_threads(1)
         t0 = time.perf_counter()
-        findings = ModelRegistry().run("pneumonia", cohort, studies=img_rows[img_rows["patient_id"].isin(pids)]).findings
+        result = ModelRegistry().run("pneumonia", cohort, studies=img_rows[img_rows["patient_id"].isin(pids)])
+        findings, failures = result.findings, result.failures
         print(f"(pneumonia model on {len(findings)} studies of {len(pids)} patients: {time.perf_counter() - t0:.1f} s, "
               "not part of the timings)")
     with tempfile.TemporaryDirectory() as tmp:
-        view = CaseView(cohort, findings, ReviewStore(Path(tmp) / "r.jsonl"), "bench")
+        view = CaseView(cohort, findings, ReviewStore(Path(tmp) / "r.jsonl"), "bench", failures=failures)
         view.show(pids[0])  # warm-up: imports, codecs, first render
         cohort.patient(pids[0])
 

@@ -26,7 +26,7 @@ from typing import Any
 import ipywidgets as W
 
 from cds.errors import CdsError
-from cds.explorer.widgets.static import esc
+from cds.explorer.widgets.static import error_html, esc
 from cds.review.store import OVERRIDE_REASONS, ReviewStore
 
 __all__ = ["ActionsPanel"]
@@ -193,7 +193,7 @@ class ActionsPanel(W.VBox):
             cb(rec)
 
     def _fail(self, exc: Exception) -> None:
-        self.message.value = f'<span style="color:#b00020">Not saved: {esc(exc)}</span>'
+        self.message.value = error_html(f"Not saved: {exc}")
 
     def accept(self) -> dict[str, Any] | None:
         """Accept the selected finding (status final)."""
@@ -229,7 +229,7 @@ class ActionsPanel(W.VBox):
         if f is None:
             return None
         if self.present.value is None:
-            self.message.value = '<span style="color:#b00020">Choose "finding present" or "finding absent" first.</span>'
+            self.message.value = error_html('Choose "finding present" or "finding absent" first.')
             return None
         phase = "pre-ai" if self.store.reads(f.id, self.reviewer)["pre-ai"] is None else "post-ai"
         try:

@@ -25,7 +25,7 @@ from cds.explorer.widgets.actions import ActionsPanel
 from cds.explorer.widgets.static import (
     STYLE,
     StaticFallback,
-    esc,
+    error_html,
     findings_html,
     image_html,
     patient_header_html,
@@ -202,7 +202,7 @@ class CaseView(StaticFallback, W.VBox):
         try:
             image = self._image_of(row)
         except CdsError as exc:
-            self.image_message.value = f'<span style="color:#b00020">Image not readable: {esc(exc)}</span>'
+            self.image_message.value = error_html(f"Image not readable: {exc}")
             self.viewer.layout.display = "none"
             return
         self.image = image

@@ -19,7 +19,7 @@ from typing import Any
 import ipywidgets as W
 
 from cds.explorer.widgets.case_view import CaseView
-from cds.explorer.widgets.static import STYLE, StaticFallback, esc, worklist_html
+from cds.explorer.widgets.static import STYLE, StaticFallback, error_html, esc, worklist_html
 from cds.explorer.widgets.worklist import WorklistWidget
 from cds.finding import Failure
 from cds.review.store import ReviewStore
@@ -75,7 +75,7 @@ class CaseExplorer(StaticFallback, W.VBox):
         mode = "reader study (AI hidden until your read is saved)" if reader_study else "clinical review"
         problems = ""
         if self.store.problems:
-            problems = "".join(f'<div style="color:#b00020">Review log: {esc(p)}</div>' for p in self.store.problems)
+            problems = "".join(error_html(f"Review log: {p}", "div") for p in self.store.problems)
         fail = ""
         if self.failures:
             reasons: dict[str, int] = {}

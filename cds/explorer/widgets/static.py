@@ -30,6 +30,7 @@ from cds.review.worklist import STATE_LABELS, failure_text
 __all__ = [
     "STYLE",
     "esc",
+    "error_html",
     "image_html",
     "patient_header_html",
     "latest_results",
@@ -78,6 +79,15 @@ def esc(value: Any) -> str:
     except (TypeError, ValueError):
         pass
     return html.escape(str(value))
+
+
+def error_html(text: Any, tag: str = "span", css_class: str = "cds-error") -> str:
+    """``text`` (escaped) in the one colour every explorer message about a problem uses.
+
+    >>> error_html("Not saved: <x>")
+    '<span class="cds-error" style="color:#b00020">Not saved: &lt;x&gt;</span>'
+    """
+    return f'<{tag} class="{css_class}" style="color:#b00020">{esc(text)}</{tag}>'
 
 
 def _badge(state: str) -> str:
@@ -376,8 +386,7 @@ def findings_html(findings: Sequence[Any], cards: dict[str, dict[str, Any]] | No
     """
     if hidden_reason:
         return f'<div class="cds-box cds-ai-hidden"><b>AI results hidden</b><br>{esc(hidden_reason)}</div>'
-    failed = "".join(f'<div class="cds-failure" style="color:#b00020">Model could not run: {esc(failure_text(fl))}</div>'
-                     for fl in failures)
+    failed = "".join(error_html(f"Model could not run: {failure_text(fl)}", "div", "cds-failure") for fl in failures)
     if not findings:
         return (f'<div class="cds-box"><b>AI findings</b><br><span class="cds-muted">No AI result for this study.'
                 f"</span>{failed}</div>")
