@@ -29,7 +29,7 @@ Triage simulation (:func:`simulate_reading`): one reader reads the studies one a
 (the sample cohort has day resolution: all studies of a day arrive at 00:00). Whenever the reader is
 free, first-come-first-served takes the waiting study that arrived first (ties: study UID), the AI
 order takes the waiting study highest on the AI worklist (:func:`cds.review.worklist.build_worklist`:
-positive, then uncertain, measured, negative, no AI result; by margin over the threshold, then wait).
+positive, then indeterminate, measured, negative, no AI result; by margin over the threshold, then wait).
 Time-to-read = end of its reading minus arrival. Positives are outcome labels from FHIR where the
 model's task has a label source (ICU admission from Encounters for ``cxr-icu``), else the AI's own
 positive call (circular: it shows how far the AI moves its own positives forward, not a benefit).
@@ -800,7 +800,7 @@ def triage_definition(ctx: ReportContext) -> Any:
         "study**, never idle while a study waits. A study arrives at its start time (day resolution in "
         "the sample cohort: a day's studies all arrive at 00:00). When the reader is free, "
         "*first-come-first-served* (FCFS) takes the waiting study that arrived first (ties: study UID); "
-        "the *AI order* takes the waiting study highest on the AI worklist (positive, uncertain, measured, "
+        "the *AI order* takes the waiting study highest on the AI worklist (positive, indeterminate, measured, "
         "negative, then studies without an AI result; by margin over the threshold, then waiting time). "
         "**Time-to-read** = end of its reading minus arrival.", "",
         "**Positives** per model:",
