@@ -4,7 +4,7 @@ The public API is imported lazily so that ``import cds`` and ``cds --help`` stay
 
 >>> import cds
 >>> cds.__version__
-'0.1.0'
+'0.2.0'
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+"""The one version string: pyproject.toml reads it (`dynamic = ["version"]`), `cds --version` prints it."""
 
 _LAZY = {
     "load_cohort": "cds.sources.cohort",

@@ -45,9 +45,13 @@ def _cmd_samples_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_overview(args: argparse.Namespace) -> int:
+    from cds.locations import cohort_source
     from cds.reports.notebook_run import run_notebook
 
-    params = {"cohort": str(Path(args.cohort).resolve()), "out_dir": str(Path(args.out).resolve())}
+    cohort = cohort_source(args.cohort)  # none given: the shipped sample cohort (exit 2 if there is none)
+    if not cohort.startswith(("http://", "https://")):
+        cohort = str(Path(cohort).resolve())
+    params = {"cohort": cohort, "out_dir": str(Path(args.out).resolve())}
     if args.reference_date:
         params["reference_date"] = args.reference_date
     result = run_notebook("cohort_overview.ipynb", args.out, params)
@@ -72,8 +76,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from cds.locations import cohort_source
     from cds.reports.report import main_report
 
+    if not args.cohort and not any(str(p).startswith("cohort=") for p in args.param or []) and not args.params:
+        args.cohort = cohort_source(None)  # the shipped sample cohort, or exit 2 before any model runs
     return main_report(args)
 
 
@@ -107,6 +114,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cds", description="Imaging AI next to the patient record: FHIR cohorts, "
                                 "MONAI-bundle models, Findings, widgets and reports.")
+    from cds import __version__
+
+    p.add_argument("--version", action="version", version=f"cds {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -129,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_samples_build)
 
     o = sub.add_parser("overview", help="run the cohort overview notebook and write an HTML report")
-    o.add_argument("--cohort", default="fhir_samples", help="cohort source (default: fhir_samples)")
+    o.add_argument("--cohort", help="cohort source (default: the shipped sample cohort, fhir_samples)")
     o.add_argument("--out", default="out/overview", help="output folder (default: out/overview)")
     o.add_argument("--reference-date", help="date ages are computed at (YYYY-MM-DD)")
     o.set_defaults(func=_cmd_overview)
@@ -176,11 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from cds.errors import CdsError
+    from cds.extras import install_hint
 
     try:
         return int(args.func(args) or 0)
     except CdsError as exc:
         print(f"cds: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency (torch, papermill, voila, ...): one line, no traceback
+        hint = install_hint(exc)
+        if hint is None:
+            raise
+        print(f"cds: error: {args.command}: {hint}", file=sys.stderr)
         return 2
 
 

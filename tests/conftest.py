@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to the repo, the sample cohort and ../shared/data."""
+"""Shared fixtures: paths to the repo, the sample cohort and ../shared/data.
+
+Tests marked ``shared`` are skipped, with the reason, when ../shared/data (``$CDS_SHARED_DATA``) is
+absent, as on a fresh clone; ``CDS_SHARED_DATA=/nonexistent`` simulates that.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +32,13 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder {SHARED} is absent (set CDS_SHARED_DATA to point at it)")
     return SHARED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every ``@pytest.mark.shared`` test, naming the missing folder, when ../shared/data is absent."""
+    if SHARED.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"shared data folder {SHARED} is absent (set CDS_SHARED_DATA to point at it)")
+    for item in items:
+        if "shared" in item.keywords:
+            item.add_marker(skip)

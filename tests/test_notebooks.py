@@ -72,3 +72,69 @@ def test_overview_cli_names_the_failing_cell(tmp_path: Path) -> None:
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2
     assert "cell" in r.stderr and "FhirInputError" in r.stderr and "absent" in r.stderr
+
+
+# ------------------------------------------------------------------ jupytext pairs and defaults
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PAIRED = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def _cells(path: Path) -> list[tuple[str, str, list[str]]]:
+    import jupytext
+
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def test_every_notebook_has_its_percent_script() -> None:
+    scripts = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.py") if not p.name.startswith("_"))
+    assert PAIRED and scripts == PAIRED, "each notebooks/X.ipynb needs notebooks/X.py (tools/sync_notebooks.py)"
+
+
+@pytest.mark.parametrize("name", PAIRED)
+def test_notebook_and_script_hold_the_same_cells(name: str) -> None:
+    ipynb, script = NOTEBOOK_DIR / f"{name}.ipynb", NOTEBOOK_DIR / f"{name}.py"
+    assert _cells(ipynb) == _cells(script), (f"{ipynb.name} differs from {script.name}: edit the .py and run "
+                                            f".venv/bin/python tools/sync_notebooks.py {name}")
+    meta = nbformat.read(str(ipynb), as_version=4).metadata
+    assert meta["jupytext"]["formats"] == "ipynb,py:percent"
+    assert "formats: ipynb,py:percent" in script.read_text()
+
+
+@pytest.mark.parametrize("name", PAIRED)
+def test_only_check_cells_keep_outputs_and_one_parameters_cell(name: str) -> None:
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    for c in nb.cells:
+        if c.cell_type == "code" and c.outputs:
+            assert c.source.startswith("# NBVAL_CHECK_OUTPUT"), c.source[:60]
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    defaults: dict = {}
+    exec(params.source, defaults)  # literals only
+    relative_up = {k: v for k, v in defaults.items() if isinstance(v, str) and v.startswith("..")}
+    assert not relative_up, f"defaults must not depend on the current folder: {relative_up}"
+
+
+def test_overview_defaults_work_from_any_folder_without_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``papermill notebooks/cohort_overview.ipynb out.ipynb`` from an unrelated folder, no ../shared."""
+    import papermill as pm
+
+    monkeypatch.setenv("CDS_SHARED_DATA", str(tmp_path / "nonexistent"))
+    monkeypatch.chdir(tmp_path)
+    pm.execute_notebook(str(NOTEBOOK_DIR / "cohort_overview.ipynb"), "out.ipynb", kernel_name="python3",
+                        progress_bar=False)
+    text = _outputs_text(nbformat.read("out.ipynb", as_version=4))
+    assert "patients: 55" in text
+    assert (tmp_path / "out" / "overview" / "demographics.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["reader_study", "model_lab", "cardiac_risk"])
+def test_lab_notebook_defaults_work_without_shared(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab notebooks' defaults use the shipped sample subset / cohort: they run with no ../shared."""
+    import papermill as pm
+
+    monkeypatch.setenv("CDS_SHARED_DATA", str(tmp_path / "nonexistent"))
+    monkeypatch.chdir(tmp_path)
+    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), "out.ipynb", kernel_name="python3", progress_bar=False)
+    assert (tmp_path / "out" / name).is_dir()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.errors import CdsError, ParameterError
-from cds.locations import notebook_file
+from cds.locations import cohort_source, notebook_file
 
 __all__ = [
     "build_explorer",
@@ -47,6 +47,7 @@ __all__ = [
     "ExplorerServer",
     "add_explorer_parser",
     "free_port",
+    "check_app_ready",
     "NOTEBOOK",
 ]
 
@@ -150,7 +151,8 @@ def build_explorer(cohort: Any, models: Sequence[str] | None = ("pneumonia",), r
     Parameters
     ----------
     cohort
-        A :class:`cds.sources.cohort.Cohort` or a source for :func:`cds.load_cohort` (folder, file, FHIR URL).
+        A :class:`cds.sources.cohort.Cohort` or a source for :func:`cds.load_cohort` (folder, file, FHIR URL;
+        ``""`` is the shipped sample cohort, :func:`cds.locations.cohort_source`).
     models
         Model ids to run through the registry (ignored when ``findings_json`` is given).
     reader_id
@@ -169,7 +171,7 @@ def build_explorer(cohort: Any, models: Sequence[str] | None = ("pneumonia",), r
     from cds.sources.cohort import load_cohort
 
     if isinstance(cohort, str | Path):
-        cohort = load_cohort(cohort, validate=validate, reference_date=reference_date)
+        cohort = load_cohort(cohort_source(cohort), validate=validate, reference_date=reference_date)
     if findings_json:
         findings, failures = load_findings(findings_json)
     elif models:
@@ -254,7 +256,30 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log_path
     raise CdsError(f"voila did not answer at {url} within {timeout:.0f} s; log {log_path}")
 
 
-def run_explorer(cohort: str | Path, models: Sequence[str] | None = ("pneumonia",), reader_id: str = "reader",
+def check_app_ready(notebook: str | Path | None = None) -> Path:
+    """What :func:`run_explorer` needs before any model runs: the explorer notebook and voila, papermill and
+    ipywidgets. Returns the notebook; raises :class:`ParameterError` (``notebook``) or
+    :class:`cds.extras.MissingDependency` naming what is missing.
+
+    >>> check_app_ready().name
+    'case_explorer.ipynb'
+    >>> check_app_ready("absent.ipynb")
+    Traceback (most recent call last):
+    ...
+    cds.errors.ParameterError: notebook: absent.ipynb not found (the case explorer notebook; set CDS_NOTEBOOKS to the folder holding case_explorer.ipynb)
+    """
+    from cds.extras import require
+
+    src = Path(notebook) if notebook is not None else notebook_file("case_explorer.ipynb")
+    if not src.is_file():
+        raise ParameterError("notebook", f"{src} not found (the case explorer notebook; set CDS_NOTEBOOKS to the "
+                                         "folder holding case_explorer.ipynb)")
+    for module in ("voila", "papermill", "ipywidgets"):
+        require(module, "the case explorer app")
+    return src
+
+
+def run_explorer(cohort: str | Path | None = None, models: Sequence[str] | None = ("pneumonia",), reader_id: str = "reader",
                  store: str | Path = "reviews.jsonl", port: int | None = None, token: str | None = None,
                  findings_json: str | Path | None = None, reader_study: bool = False,
                  reference_date: str | None = None, workdir: str | Path | None = None, block: bool = True,
@@ -264,11 +289,13 @@ def run_explorer(cohort: str | Path, models: Sequence[str] | None = ("pneumonia"
     Findings are computed once here (unless ``findings_json`` is given) and handed to the notebook
     as a JSON file, so reloading the page is fast and shows the same results. With ``block`` (the
     default) this waits until Ctrl-C and then stops the server; otherwise it returns the running
-    :class:`ExplorerServer`.
+    :class:`ExplorerServer`. ``cohort`` None or ``""`` is the shipped sample cohort. The notebook, voila
+    and the cohort are checked before any model runs.
     """
-    cohort_src = str(cohort)
+    notebook = check_app_ready()
+    cohort_src = cohort_source(cohort)
     if not cohort_src.startswith(("http://", "https://")):
-        cohort_src = str(Path(cohort).resolve())
+        cohort_src = str(Path(cohort_src).resolve())
         if not Path(cohort_src).exists():
             raise ParameterError("cohort", f"{cohort_src}: no such file or folder")
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cds-explorer-"))
@@ -286,7 +313,7 @@ def run_explorer(cohort: str | Path, models: Sequence[str] | None = ("pneumonia"
               "store_path": str(Path(store).resolve()), "reader_study": bool(reader_study),
               "findings_json": str(Path(findings_json).resolve()) if findings_json else None,
               "reference_date": reference_date}
-    nb_path = write_notebook(params, work / "case_explorer.ipynb")
+    nb_path = write_notebook(params, work / "case_explorer.ipynb", notebook)
     port = port or free_port()
     token = token or secrets.token_urlsafe(24)
     log_path = work / "voila.log"
@@ -333,7 +360,7 @@ def _cmd_explorer(args: argparse.Namespace) -> int:
 def add_explorer_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``cds explorer`` to the CLI's sub-parsers (``build_parser`` calls this)."""
     e = subparsers.add_parser("explorer", help="serve the clinician case explorer (voila) on 127.0.0.1")
-    e.add_argument("--cohort", default="fhir_samples", help="cohort source (default: fhir_samples)")
+    e.add_argument("--cohort", help="cohort source (default: the shipped sample cohort, fhir_samples)")
     e.add_argument("--models", nargs="*", default=["pneumonia"], help="model ids to run (default: pneumonia)")
     e.add_argument("--findings-json", help="load Findings from this file instead of running models")
     e.add_argument("--reader", default=os.environ.get("USER", "reader"), help="reviewer id (default: $USER)")

@@ -26,6 +26,7 @@ def notebooks_dir() -> Path:
 
 
 def notebook_path(name: str) -> Path:
+    """``name`` itself when it is a file, else the shipped notebook of that name; :class:`ParameterError` if neither."""
     p = Path(name)
     if p.is_file():
         return p
@@ -52,10 +53,12 @@ def run_notebook(name: str, out_dir: str | Path, parameters: dict[str, Any],
                  progress: bool = True, timeout: int = 1800) -> dict[str, Path]:
     """Execute notebook ``name`` with ``parameters`` into ``out_dir``; write ``<stem>.ipynb`` and
     ``report.html``. Raises :class:`NotebookFailed` naming the failing cell and error."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    from cds.extras import require
 
     src = notebook_path(name)
+    pm = require("papermill", f"running the notebook {src.name}")
+    from papermill.exceptions import PapermillExecutionError
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     executed = out / src.name

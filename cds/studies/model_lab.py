@@ -119,10 +119,12 @@ def check_task(task: str) -> str:
 
 
 def task_module(task: str) -> Any:
-    """The :mod:`cds.models` module of a supported task."""
-    from cds.models.registry import TASK_MODULES
+    """The :mod:`cds.models.tasks` module of a supported task (``cxr-cardiomegaly`` -> ``cxr_cardiomegaly``).
 
-    return importlib.import_module(TASK_MODULES[check_task(task)])
+    >>> task_module("pneumonia").__name__
+    'cds.models.tasks.pneumonia'
+    """
+    return importlib.import_module("cds.models.tasks." + check_task(task).replace("-", "_"))
 
 
 def data_dir_for(task: str, data_dir: str | Path | None = None) -> Path:
