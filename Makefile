@@ -5,8 +5,9 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 REFERENCE_DATE ?= 2026-01-01
 APT_PACKAGES = orthanc orthanc-dicomweb chromium chromium-driver
+LINT_PATHS = cds tests bench tools notebooks
 
-.PHONY: demo test env apt lint bench
+.PHONY: demo test test-fast env apt lint bench sync-notebooks wheel
 
 env: $(STAMP)
 
@@ -33,13 +34,27 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# the whole suite: doctests, every test (browser, Orthanc, slow training), nbval on the committed notebooks
 test: env apt
-	$(VENV)/bin/ruff check cds tests bench tools
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/pytest -q --timeout=900 --doctest-modules cds tests \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
+# a quick check while editing (under 3 minutes on 2 cores): no browser, no Orthanc, nothing marked slow, no nbval
+test-fast: env
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/pytest -q --timeout=600 --doctest-modules cds tests -m "not slow and not browser and not orthanc"
+
 lint: env
-	$(VENV)/bin/ruff check cds tests bench tools
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+# notebooks/<name>.py (jupytext percent script) is the source: write the paired .ipynb, re-running the
+# notebooks to refresh their nbval check outputs
+sync-notebooks: env
+	$(PY) tools/sync_notebooks.py --execute
+
+wheel: env
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
 
 bench: env
 	$(PY) bench/bench_fhir_tables.py
