@@ -11,6 +11,7 @@ import pytest
 
 import cds
 from cds.errors import ParameterError
+from cds.fhir.ids import assessment_id
 from cds.finding import Finding
 from cds.studies import cardiac_risk as cr
 
@@ -139,7 +140,7 @@ def _cmr_findings(pid: str) -> list[Finding]:
 
 
 def test_cmr_features_reference_the_results_writer_ids() -> None:
-    from cds.fhir.results import observation_id
+    from cds.fhir.ids import observation_id
 
     fs = _cmr_findings("pa")
     c = cr.cmr_features(fs)
@@ -167,6 +168,9 @@ def test_risk_assessment_is_valid_r4_and_carries_what_it_must(tiny_cohort: objec
     notes = " ".join(n["text"] for n in ra["note"])
     assert "NOT validated" in notes and "PHANTOM-derived" in notes
     assert ra == cr.risk_assessment("pa", as_of, res, cmr["evidence"] + clin["evidence"], m)  # stable id
+    # the package's one id scheme: model, version, patient and assessment time
+    assert ra["id"] == assessment_id(m.name, m.version, "pa", "2021-03-01T10:00:00Z")
+    assert ra["id"] != cr.risk_assessment("pb", as_of, res, [], m)["id"]
     bad = dict(ra, subject="Patient/pa")  # a string where R4 wants a Reference
     with pytest.raises(ParameterError, match=f"RiskAssessment/{ra['id']}: not valid FHIR R4"):
         cr.validate([bad])

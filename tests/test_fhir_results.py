@@ -1,4 +1,5 @@
-"""cds.fhir.results: Findings -> FHIR R4 transaction Bundle, results.json, POST to a FHIR server."""
+"""cds.fhir (writer, resources, ids, post): Findings -> FHIR R4 transaction Bundle, POST to a FHIR server;
+cds.reports.results_json."""
 
 from __future__ import annotations
 
@@ -21,22 +22,17 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle as R4Bundle
 
 import cds
+from cds.codes import AI_CONFIDENCE_URL, LOCATION_URL
 from cds.errors import CdsError, ParameterError
-from cds.fhir.results import (
-    AI_CONFIDENCE_URL,
-    LOCATION_URL,
-    FhirWriteError,
-    device_id,
-    model_card_id,
-    observation_id,
-    post_transaction,
-    pseudonymise_finding,
-    results_bundle,
-    results_json,
-    risk_assessment_id,
-)
+from cds.fhir.ids import device_id, model_card_id, observation_id, risk_assessment_id
+from cds.fhir.post import FhirWriteError, post_transaction
+from cds.fhir.writer import results_bundle
 from cds.finding import Finding, Location
 from cds.models.bundle import load_bundle
+from cds.models.ehr_inputs import ehr_inputs_for
+from cds.models.registry import with_study_context
+from cds.privacy import pseudonymise_finding
+from cds.reports.results_json import results_json
 from cds.sources.fhir_validate import validate_resource
 
 RECORDED = "2026-01-02T03:04:05Z"
@@ -77,7 +73,7 @@ def cards(repo) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def findings(cards) -> list[Finding]:
+def findings(cards, cohort) -> list[Finding]:
     cm = cards["cxr-cardiomegaly"]
     md = cards["mammo-density"]
     cardio = Finding(PID, STUDY, SNOMED, "8186001", "Cardiomegaly", cm.model_id, cm.version, probability=0.81,
@@ -101,7 +97,18 @@ def findings(cards) -> list[Finding]:
                       "D", "Dense-glandular", md.model_id, md.version, probability=0.62, threshold=0.5,
                       indeterminate=(0.0, 0.5), extra={"class_probabilities": {"F": 0.08, "G": 0.30, "D": 0.62},
                                                        "kind": "classification"})
+    # the two findings of the cohort's study carry its facts, as ModelRegistry.run gives them
+    row = next(cohort.imaging[cohort.imaging["study_uid"] == STUDY].itertuples(index=False))
+    cardio, = with_study_context([cardio], row, {})
+    crp_only = {"inputs": {"ehr": [{"name": "crp", "source": "observation:1988-5"}]}}
+    icu, = with_study_context([icu], row, ehr_inputs_for(crp_only, cohort, PID, row.started))
     return [cardio, icu, ef, nodule, density]
+
+
+def test_findings_carry_the_record_ids(findings):
+    cardio, icu = findings[:2]
+    assert icu.ehr_observation_ids == (CRP_OBS,) and cardio.ehr_observation_ids == ()
+    assert cardio.imaging_study_id == IMAGING_STUDY_ID and cardio.study_started.startswith("2020-04-01")
 
 
 def _resources(bundle: dict) -> list[dict]:
@@ -136,8 +143,8 @@ def _component(obs: dict, code: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle(findings, cards, cohort) -> dict:
-    return results_bundle(findings, cards, cohort, recorded=RECORDED)
+def bundle(findings, cards) -> dict:
+    return results_bundle(findings, cards, recorded=RECORDED)
 
 
 # ------------------------------------------------------------------------------------ structure
@@ -250,11 +257,11 @@ def test_classifier_observation(bundle, findings):
     assert "GradCAM" in o["note"][0]["text"]
 
 
-def test_negative_and_indeterminate_values(findings, cards, cohort):
+def test_negative_and_indeterminate_values(findings, cards):
     neg = replace(findings[0], probability=0.01)
     ind = replace(findings[0], probability=0.07)
     for f, value, interp in ((neg, "2667000", "NEG"), (ind, "82334004", "IND")):
-        b = results_bundle([f], cards, cohort, recorded=RECORDED)
+        b = results_bundle([f], cards, recorded=RECORDED)
         o = _obs_for(b, f)
         assert o["valueCodeableConcept"]["coding"][0]["code"] == value
         assert o["interpretation"][0]["coding"][0]["code"] == interp
@@ -315,7 +322,7 @@ def test_device_and_model_card(bundle, cards):
     assert b.card["performance"]["evaluation_command"] in md
 
 
-def test_risk_assessment_and_ehr_provenance(bundle, findings, cards, cohort):
+def test_risk_assessment_and_ehr_provenance(bundle, findings, cards):
     icu = findings[1]
     ra = next(r for r in _resources(bundle) if r["resourceType"] == "RiskAssessment")
     assert ra["id"] == risk_assessment_id(icu) and ra["status"] == "preliminary"
@@ -333,7 +340,7 @@ def test_risk_assessment_and_ehr_provenance(bundle, findings, cards, cohort):
     assert any(f"Patient/{PID}" in w for w in whats) and any(CRP_OBS in w for w in whats)
     # a calibrated card gives the probability itself
     cal = dict(cards, **{"cxr-icu": dict(cards["cxr-icu"], calibrated=True)})
-    b2 = results_bundle([icu], cal, cohort, recorded=RECORDED)
+    b2 = results_bundle([icu], cal, recorded=RECORDED)
     pred2 = next(r for r in _resources(b2) if r["resourceType"] == "RiskAssessment")["prediction"][0]
     assert pred2["probabilityDecimal"] == 0.63 and "qualitativeRisk" not in pred2
     # findings without EHR inputs: the Provenance names the study only
@@ -342,22 +349,22 @@ def test_risk_assessment_and_ehr_provenance(bundle, findings, cards, cohort):
 
 
 # ------------------------------------------------------------------------------------ idempotency
-def test_idempotent_and_order_independent(findings, cards, cohort, bundle):
+def test_idempotent_and_order_independent(findings, cards, bundle):
     shuffled = list(findings)
     random.Random(3).shuffle(shuffled)
-    again = results_bundle(shuffled + [findings[0]], cards, cohort, recorded=RECORDED)
+    again = results_bundle(shuffled + [findings[0]], cards, recorded=RECORDED)
     assert json.dumps(again) == json.dumps(bundle)
     # a different score keeps every id (a write-back updates, never duplicates)
     moved = [replace(f, probability=0.2) if f.probability is not None else f for f in findings]
-    b2 = results_bundle(moved, cards, cohort, recorded=RECORDED)
+    b2 = results_bundle(moved, cards, recorded=RECORDED)
     assert [e["fullUrl"] for e in b2["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
     assert json.dumps(b2) != json.dumps(bundle)
     assert {observation_id(f) for f in findings} == {r["id"] for r in _by_type(bundle)["Observation"]}
 
 
 # ------------------------------------------------------------------------------------ de-identified
-def test_deidentified_bundle(findings, cards, cohort):
-    b = results_bundle(findings, cards, cohort, recorded=RECORDED, deidentify=True, salt="s3cret")
+def test_deidentified_bundle(findings, cards):
+    b = results_bundle(findings, cards, recorded=RECORDED, deidentify=True, salt="s3cret")
     R4Bundle.model_validate(b)
     text = json.dumps(b)
     for f in findings:
@@ -375,9 +382,9 @@ def test_deidentified_bundle(findings, cards, cohort):
     pseudo = [pseudonymise_finding(f, "s3cret") for f in findings]
     assert {observation_id(f) for f in pseudo} == {r["id"] for r in _by_type(b)["Observation"]}
     assert not {observation_id(f) for f in findings} & {r["id"] for r in _resources(b)}
-    assert json.dumps(results_bundle(findings, cards, cohort, recorded=RECORDED, deidentify=True,
+    assert json.dumps(results_bundle(findings, cards, recorded=RECORDED, deidentify=True,
                                      salt="s3cret")) == text
-    other = results_bundle(findings, cards, cohort, recorded=RECORDED, deidentify=True, salt="other")
+    other = results_bundle(findings, cards, recorded=RECORDED, deidentify=True, salt="other")
     assert {r["id"] for r in _by_type(other)["Observation"]}.isdisjoint({r["id"] for r in _by_type(b)["Observation"]})
     with pytest.raises(ParameterError, match="salt"):
         results_bundle(findings, cards, recorded=RECORDED, deidentify=True)

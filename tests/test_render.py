@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PILImage
 
 from cds.finding import Finding, Location
-from cds.images.imageio import Image, index_to_lps
+from cds.images.image import Image, index_to_lps
 from cds.images.render import (
     CT_PRESETS,
     Overlay,

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from cds.errors import ParameterError
-from cds.finding import Finding
+from cds.fhir.ids import observation_id
+from cds.fhir.writer import results_bundle
+from cds.finding import Finding, Location
 from cds.review.store import (
     OVERRIDE_REASON_SYSTEM,
     ReviewStore,
@@ -153,11 +155,13 @@ def test_fhir_output_is_valid_r4_with_verifier_provenance(tmp_path: Path) -> Non
         by_type.setdefault(r["resourceType"], []).append(r)
     assert sorted(p["id"] for p in by_type["Practitioner"]) == ["dr-a", "dr-b", "dr-c"]
     obs = {o["id"]: o for o in by_type["Observation"]}
-    assert obs[f1.id]["status"] == "amended" and len(obs[f1.id]["note"]) == 2  # both reviews kept
-    assert obs[f2.id]["status"] == "entered-in-error"
-    assert obs[f1.id]["meta"]["security"][0]["code"] == "AIAST"
-    read_obs = [o for o in by_type["Observation"] if o["id"].startswith("read-")]
+    o1, o2 = obs[observation_id(f1)], obs[observation_id(f2)]
+    assert o1["status"] == "amended" and len(o1["note"]) == 2  # both reviews kept
+    assert o2["status"] == "entered-in-error"
+    assert o1["meta"]["security"][0]["code"] == "AIAST"
+    read_obs = [o for o in by_type["Observation"] if o["category"][0]["coding"][0]["code"] == "survey"]
     assert read_obs[0]["valueBoolean"] is True and read_obs[0]["component"][0]["valueQuantity"]["value"] == 40
+    assert read_obs[0]["focus"] == [{"reference": f"Observation/{observation_id(f2)}"}]
     provs = by_type["Provenance"]
     assert len(provs) == 4
     verifiers = [p for p in provs if p["agent"][0]["type"]["coding"][0]["code"] == "verifier"]
@@ -173,3 +177,33 @@ def test_fhir_validation_is_not_a_no_op() -> None:
     bad = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"}, "valueBoolean": [1]}
     with pytest.raises(ReviewStoreError, match="Observation/x"):
         validate_fhir([bad])
+
+
+@pytest.mark.parametrize("action", ["accept", "override"])
+def test_reviewed_observation_has_the_id_of_the_ai_observation_it_reviews(tmp_path: Path, action: str) -> None:
+    """One writer, one id scheme: the review's Observation replaces the report's AI Observation."""
+    f = Finding("p9", "1.2.840.9", "http://snomed.info/sct", "27925004", "Nodule", "toy-detector", "2.0.0",
+                probability=0.71, threshold=0.5, indeterminate=(0.3, 0.5), series_uid="1.2.840.9.1",
+                location=Location("point", (-10.0, 20.0, 30.0)), imaging_study_id="is-9",
+                study_started="2026-01-05T00:00:00+00:00", explanation="bright round blob")
+    card = {"model_id": "toy-detector", "version": "2.0.0", "threshold": 0.5}
+    written = results_bundle([f], {"toy-detector": card}, recorded="2026-01-06T00:00:00Z")
+    ai_obs = next(e["resource"] for e in written["entry"] if e["resource"]["resourceType"] == "Observation")
+    store = ReviewStore(tmp_path / "r.jsonl")
+    if action == "accept":
+        store.accept(f, "dr-a")
+    else:
+        store.override(f, "dr-a", "wrong-location", comment="left, not right")
+    resources = to_fhir(ReviewStore(store.path), cards={"toy-detector": card})
+    reviewed = next(r for r in resources if r["resourceType"] == "Observation")
+    prov = next(r for r in resources if r["resourceType"] == "Provenance")
+    assert reviewed["id"] == ai_obs["id"] == observation_id(f)
+    assert prov["target"] == [{"reference": f"Observation/{ai_obs['id']}"}]
+    assert reviewed["status"] == ("final" if action == "accept" else "amended") != ai_obs["status"]
+    # the same builder: apart from status, issued, notes and the Device reference form, the resources agree
+    ignore = {"status", "issued", "note", "device"}
+    assert {k: v for k, v in reviewed.items() if k not in ignore} == {k: v for k, v in ai_obs.items()
+                                                                      if k not in ignore}
+    assert reviewed["device"]["reference"].split("/")[-1] == ai_obs["device"]["reference"].split(":")[-1]
+    assert reviewed["note"][0] == ai_obs["note"][0] and reviewed["note"][1]["text"].startswith(action)
+    to_fhir_bundle(store)  # and it is valid R4

@@ -13,7 +13,7 @@ from cds.explorer.widgets.explorer import CaseExplorer
 from cds.explorer.widgets.static import worklist_html
 from cds.explorer.widgets.viewer import ImageViewer
 from cds.finding import Failure, Finding, Location
-from cds.images.imageio import Image
+from cds.images.image import Image
 from cds.review.store import ReviewStore
 
 SNOMED = "http://snomed.info/sct"

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
-from cds.images.imageio import Image, index_to_lps, read_image, read_nifti, write_nifti
+from cds.images.image import Image, index_to_lps
+from cds.images.nifti import read_nifti, write_nifti
+from cds.images.read import read_image
 from cds.models import zoo
 from cds.models.bundle import BundleError
 from tests.zoo_fixtures import CONFIGS, torchvision_available, write_zoo_bundle
@@ -237,7 +239,7 @@ def test_lung_bundle_end_to_end(bundles: dict[str, Path]) -> None:
 
 @pytest.mark.shared
 def test_lung_bundle_on_real_ct_crop(bundles: dict[str, Path], shared_data: Path) -> None:
-    series = read_image(shared_data / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "2.000000-5mm-40805", expect_modality="CT")
+    series = read_image(shared_data / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "2.000000-5mm-40805", modality="CT")
     k0, j0, i0 = 8, 300, 280
     arr = series.array[k0:k0 + 8, j0:j0 + 80, i0:i0 + 80]
     crop = Image(arr, series.spacing, tuple(index_to_lps(series, (k0, j0, i0))), series.direction, "CT",

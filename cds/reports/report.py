@@ -8,8 +8,8 @@ into this module) run by :func:`run_report` through papermill; ``cds report`` is
 ``report.html``             the executed notebook without code cells (tables and matplotlib figures)
 ``cohort_report.ipynb``     the executed notebook
 ``results.json``            per-study findings, per-study failures, cohort metrics
-                            (:func:`cds.fhir.results.results_json`; byte-identical on a rerun)
-``results.fhir.json``       the R4 transaction Bundle of AI results (:func:`cds.fhir.results.results_bundle`)
+                            (:func:`cds.reports.results_json.results_json`; byte-identical)
+``results.fhir.json``       the R4 transaction Bundle of AI results (:func:`cds.fhir.writer.results_bundle`)
 ``figures/*.png``           the figures of the report
 ``post_outcome.json``       only with ``post=True``: the server's answer per resource
 ==========================  ========================================================================
@@ -314,12 +314,10 @@ def _replace_ident(text: str, ident: str, kind: str) -> str:
 
 
 def _pseudonyms(patient_id: str, study_uid: str, salt: str) -> tuple[str, str]:
-    """The patient pseudonym and study UID pseudonym :mod:`cds.fhir.results` uses for this salt."""
-    from cds.fhir.results import pseudonymise_finding
-    from cds.finding import Finding
+    """The patient pseudonym and study UID pseudonym :mod:`cds.privacy` gives for this salt."""
+    from cds.privacy import pseudonyms
 
-    g = pseudonymise_finding(Finding(patient_id, study_uid, "", "", "", "", ""), salt)
-    return g.patient_id, g.study_uid
+    return pseudonyms(patient_id, study_uid, salt)
 
 
 def _window(imaging: pd.DataFrame, start: str | None, end: str | None) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -1439,7 +1437,7 @@ def cohort_metrics(ctx: ReportContext) -> dict[str, Any]:
 def _output_findings(ctx: ReportContext) -> list[Any]:
     if not ctx.deidentify:
         return list(ctx.findings)
-    from cds.fhir.results import pseudonymise_finding
+    from cds.privacy import pseudonymise_finding
 
     return [pseudonymise_finding(f, ctx.salt or "") for f in ctx.findings]
 
@@ -1461,11 +1459,12 @@ def write_outputs(ctx: ReportContext) -> dict[str, Path]:
     In de-identified mode both are pseudonymised and then searched for every identifying string of
     the cohort (:func:`check_deidentified`); a hit removes them and raises :class:`IdentifierLeak`.
     """
-    from cds.fhir.results import results_bundle, results_json
+    from cds.fhir.writer import results_bundle
+    from cds.reports.results_json import results_json
 
     res = results_json(_output_findings(ctx), _output_failures(ctx), cohort_metrics(ctx))
     cards = {mid: _card_for(ctx, mid) for mid in ctx.models}
-    bundle = results_bundle(ctx.findings, cards, ctx.cohort, recorded=ctx.recorded, deidentify=ctx.deidentify,
+    bundle = results_bundle(ctx.findings, cards, recorded=ctx.recorded, deidentify=ctx.deidentify,
                             salt=ctx.salt if ctx.deidentify else None)
     paths = {"results_json": ctx.out_dir / "results.json", "results_fhir": ctx.out_dir / "results.fhir.json"}
     paths["results_json"].write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -1533,7 +1532,7 @@ def run_report(cohort: str | Path, out_dir: str | Path, params: Mapping[str, Any
         A notebook cell failed; the message names the cell and the error.
     IdentifierLeak
         De-identified output still holds an identifying string (the leaking files are removed).
-    cds.fhir.results.FhirWriteError
+    cds.fhir.post.FhirWriteError
         The FHIR server did not take the transaction (``post_outcome.json`` says why).
     """
     t0 = time.perf_counter()
@@ -1576,7 +1575,7 @@ def run_report(cohort: str | Path, out_dir: str | Path, params: Mapping[str, Any
 
 def post_results(fhir_json: str | Path, fhir_base: str, outcome_path: str | Path) -> list[dict[str, Any]]:
     """POST a results Bundle file as a transaction; write and print the per-resource outcome."""
-    from cds.fhir.results import FhirWriteError, post_transaction
+    from cds.fhir.post import FhirWriteError, post_transaction
 
     bundle = json.loads(Path(fhir_json).read_text(encoding="utf-8"))
     try:

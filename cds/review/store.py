@@ -41,7 +41,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +49,18 @@ from typing import Any
 
 import pandas as pd
 
+from cds.codes import FINDING_ID_SYSTEM, OVERRIDE_REASON_SYSTEM, REVIEWER_ID_SYSTEM, SURVEY, UCUM, coding
 from cds.errors import CdsError, ParameterError
+from cds.fhir.ids import observation_id, read_observation_id
+from cds.fhir.resources import (
+    ModelInfo,
+    RunContext,
+    fhir_datetime,
+    model_info,
+    observation,
+    review_provenance,
+    study_reference,
+)
 from cds.finding import Finding
 
 __all__ = [
@@ -63,8 +74,6 @@ __all__ = [
     "validate_fhir",
 ]
 
-#: Code system of the override reasons (a small local code system of this suite).
-OVERRIDE_REASON_SYSTEM = "https://cds.example.org/fhir/CodeSystem/override-reason"
 #: code -> display of every override reason a clinician can pick.
 OVERRIDE_REASONS: dict[str, str] = {
     "false-positive": "AI finding is not present (false positive)",
@@ -81,8 +90,6 @@ _IMPLIED_TRUTH = {"false-positive": "negative", "false-negative": "positive", "w
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RECORD_KIND = "cds-review/1"
-AI_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
-          "display": "Artificial Intelligence asserted"}
 
 
 class ReviewStoreError(CdsError):
@@ -108,10 +115,20 @@ def _now_iso() -> str:
 
 
 def finding_snapshot(finding: Finding | dict[str, Any]) -> dict[str, Any]:
-    """The parts of a Finding the log keeps with each action, so the log alone rebuilds FHIR."""
+    """The parts of a Finding the log keeps with each action, so the log alone rebuilds its FHIR Observation.
+
+    The fields behind ``Finding.id`` (location included) and what the Observation shows; not the
+    EHR input values, per-slice data or heat-map paths.
+
+    >>> f = Finding("p1", "1.2", "s", "c", "d", "m", "1", probability=0.7, threshold=0.5)
+    >>> snap = finding_snapshot(f)
+    >>> snap["id"] == f.id, snap["interpretation"], "ehr_inputs" in snap
+    (True, 'positive', False)
+    """
     d = finding.to_dict() if isinstance(finding, Finding) else dict(finding)
     keys = ("id", "patient_id", "study_uid", "series_uid", "code_system", "code", "display", "model_id",
-            "model_version", "probability", "value", "unit", "threshold", "indeterminate", "interpretation")
+            "model_version", "probability", "value", "unit", "threshold", "indeterminate", "interpretation",
+            "location", "explanation", "prognostic", "imaging_study_id", "study_started", "study_body_site")
     snap = {k: d.get(k) for k in keys}
     if snap["id"] is None:
         snap["id"] = Finding.from_dict(d).id
@@ -342,68 +359,51 @@ def _clean_comment(comment: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- FHIR
-def _observation(snap: dict[str, Any], status: str, note: list[dict[str, Any]]) -> dict[str, Any]:
-    obs: dict[str, Any] = {
-        "resourceType": "Observation", "id": snap["id"], "status": status,
-        "meta": {"security": [AI_TAG]},
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "imaging", "display": "Imaging"}]}],
-        "code": {"coding": [{"system": snap["code_system"], "code": snap["code"], "display": snap["display"]}],
-                 "text": snap["display"]},
-        "subject": {"reference": f"Patient/{snap['patient_id']}"},
-        "derivedFrom": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{snap['study_uid']}"},
-                         "display": "ImagingStudy"}],
-        "device": {"display": f"{snap['model_id']} {snap['model_version']}"},
-    }
-    if snap.get("probability") is not None:
-        obs["valueQuantity"] = {"value": round(float(snap["probability"]), 6), "unit": "probability",
-                                "system": "http://unitsofmeasure.org", "code": "1"}
-    elif snap.get("value") is not None:
-        obs["valueQuantity"] = {"value": float(snap["value"]), "unit": snap.get("unit") or "1"}
-    interp = {"positive": ("POS", "Positive"), "negative": ("NEG", "Negative"),
-              "indeterminate": ("IND", "Indeterminate")}.get(snap.get("interpretation") or "")
-    if interp:
-        obs["interpretation"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-            "code": interp[0], "display": interp[1]}]}]
-    if note:
-        obs["note"] = note
+def _snapshot_finding(snap: dict[str, Any]) -> Finding:
+    """The Finding a snapshot was taken of (as far as the snapshot holds it)."""
+    keys = set(Finding.__dataclass_fields__)
+    d = {k: v for k, v in snap.items() if k in keys and v is not None}
+    return Finding.from_dict(d)
+
+
+def _model(snap: dict[str, Any], cards: Mapping[str, Any] | None) -> ModelInfo:
+    mid, ver = str(snap["model_id"]), str(snap["model_version"])
+    if cards and mid in cards:
+        return model_info(mid, ver, cards)
+    return ModelInfo(mid, ver)
+
+
+def _observation(snap: dict[str, Any], status: str, notes: list[dict[str, Any]],
+                 cards: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The reviewed AI Observation: the results writer's Observation of the Finding, with the review's status.
+
+    Same builder and id (:func:`cds.fhir.ids.observation_id` of the Finding id) as the report's
+    ``results.fhir.json``, so the PUT replaces the AI result it reviews.
+    """
+    f = _snapshot_finding(snap)
+    run = RunContext(_model(snap, cards), {"reference": f"Patient/{f.patient_id}"},
+                     study_reference(f.study_uid, f.imaging_study_id), fhir_datetime(f.study_started),
+                     str(notes[-1]["time"]), f.study_body_site, in_bundle=False)
+    obs = observation(f, run, status=status, notes=notes)
+    if f.id != snap["id"]:  # an older log line without the location: keep the id it was logged under
+        obs["id"] = observation_id(str(snap["id"]))
+        obs["identifier"] = [{"system": FINDING_ID_SYSTEM, "value": str(snap["id"])}]
     return obs
-
-
-def _provenance(a: dict[str, Any], target: str) -> dict[str, Any]:
-    role = "verifier" if a["action"] in ("accept", "override") else "author"
-    prov: dict[str, Any] = {
-        "resourceType": "Provenance", "id": a["id"][:64],
-        "target": [{"reference": target}], "recorded": a["recorded"],
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                                 "code": "UPDATE" if a["action"] != "read" else "CREATE"}],
-                     "text": a["action"] if a["action"] != "read" else f"reader-study read ({a['read']['phase']})"},
-        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                        "code": role, "display": role.capitalize()}]},
-                   "who": dict(a["reviewer"])}],
-        "entity": [{"role": "source", "what": {"reference": f"Observation/{a['finding_id']}"}}],
-    }
-    if a.get("reason"):
-        prov["reason"] = [a["reason"]]
-    return prov
 
 
 def _read_observation(a: dict[str, Any]) -> dict[str, Any]:
     snap, read = a["finding"], a["read"]
     obs = {
-        "resourceType": "Observation", "id": f"read-{a['id'][:59]}", "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "survey", "display": "Survey"}]}],
-        "code": {"coding": [{"system": snap["code_system"], "code": snap["code"], "display": snap["display"]}],
+        "resourceType": "Observation", "id": read_observation_id(str(a["id"])), "status": "final",
+        "category": [{"coding": [dict(SURVEY)]}],
+        "code": {"coding": [coding(snap["code_system"], snap["code"], snap["display"])],
                  "text": f"Reader-study read of {snap['display']} ({read['phase']})"},
         "subject": {"reference": f"Patient/{snap['patient_id']}"},
         "effectiveDateTime": a["recorded"], "performer": [dict(a["reviewer"])],
         "valueBoolean": bool(read["finding_present"]),
         "component": [{"code": {"text": "reader confidence (0-100)"},
-                       "valueQuantity": {"value": int(read["confidence"]), "unit": "%",
-                                         "system": "http://unitsofmeasure.org", "code": "%"}}],
-        "focus": [{"reference": f"Observation/{a['finding_id']}"}],
+                       "valueQuantity": {"value": int(read["confidence"]), "unit": "%", "system": UCUM, "code": "%"}}],
+        "focus": [{"reference": f"Observation/{observation_id(str(a['finding_id']))}"}],
         "note": [{"text": f"phase: {read['phase']}"}],
     }
     if a.get("comment"):
@@ -411,12 +411,18 @@ def _read_observation(a: dict[str, Any]) -> dict[str, Any]:
     return obs
 
 
-def to_fhir(actions: ReviewStore | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_fhir(actions: ReviewStore | Iterable[dict[str, Any]], cards: Mapping[str, Any] | None = None
+            ) -> list[dict[str, Any]]:
     """FHIR R4 resources for a review log: Practitioners, the reviewed Observations and Provenances.
 
-    Each reviewed AI Observation appears once, with the status of its latest accept/override and a
-    note per review; every action (earlier ones too) gets its own Provenance with the Practitioner
-    as ``verifier`` (``author`` for reader-study reads, which become Observations of their own).
+    Each reviewed AI Observation appears once, built by the results writer's Observation builder
+    (:func:`cds.fhir.resources.observation`) with the id of the AI Observation it reviews
+    (:func:`cds.fhir.ids.observation_id`), the status of its latest accept/override and a note per
+    review. ``cards`` (model id -> Bundle or card dict, as for the writer) adds what only the card
+    knows (class displays, the card's body site). Every action (earlier ones too) gets its own
+    Provenance (:func:`cds.fhir.resources.review_provenance`) targeting ``Observation/<that id>``,
+    with the Practitioner as ``verifier`` (``author`` for reader-study reads, which become
+    Observations of their own that ``focus`` on the AI Observation).
     """
     items = actions.actions() if isinstance(actions, ReviewStore) else list(actions)
     practitioners: dict[str, dict[str, Any]] = {}
@@ -428,11 +434,12 @@ def to_fhir(actions: ReviewStore | Iterable[dict[str, Any]]) -> list[dict[str, A
         ref = a["reviewer"]["reference"]
         pid = ref.split("/", 1)[1]
         practitioners.setdefault(pid, {"resourceType": "Practitioner", "id": pid,
-                                       "identifier": [{"system": "https://cds.example.org/reviewer", "value": pid}]})
+                                       "identifier": [{"system": REVIEWER_ID_SYSTEM, "value": pid}]})
+        ai_ref = f"Observation/{observation_id(str(a['finding_id']))}"
         if a["action"] == "read":
             robs = _read_observation(a)
             reads.append(robs)
-            out_prov.append(_provenance(a, f"Observation/{robs['id']}"))
+            out_prov.append(review_provenance(a, f"Observation/{robs['id']}", source=ai_ref))
             continue
         fid = a["finding_id"]
         text = f"{a['action']} by {pid} at {a['recorded']}"
@@ -441,14 +448,15 @@ def to_fhir(actions: ReviewStore | Iterable[dict[str, Any]]) -> list[dict[str, A
         if a.get("comment"):
             text += f" ({a['comment']})"
         notes.setdefault(fid, []).append({"authorReference": dict(a["reviewer"]), "time": a["recorded"], "text": text})
-        observations[fid] = _observation(a["finding"], a["status"], notes[fid])
-        out_prov.append(_provenance(a, f"Observation/{fid}"))
+        observations[fid] = _observation(a["finding"], a["status"], notes[fid], cards)
+        out_prov.append(review_provenance(a, ai_ref))
     return [*practitioners.values(), *observations.values(), *reads, *out_prov]
 
 
-def to_fhir_bundle(actions: ReviewStore | Iterable[dict[str, Any]], validate: bool = True) -> dict[str, Any]:
+def to_fhir_bundle(actions: ReviewStore | Iterable[dict[str, Any]], validate: bool = True,
+                   cards: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A ``collection`` Bundle of :func:`to_fhir`; validated as R4 (R4B models) unless ``validate=False``."""
-    resources = to_fhir(actions)
+    resources = to_fhir(actions, cards)
     if validate:
         validate_fhir(resources)
     return {"resourceType": "Bundle", "type": "collection",

@@ -47,9 +47,10 @@ complication codes Synthea writes (:data:`DIABETES_CODES`); prior MI = SNOMED 22
 (:data:`CREATININE_CODES`) = the latest result in the 365 days up to ``as_of``. A missing
 value is set to its reference (contribution 0) and listed as imputed in the output.
 
-Output: FHIR R4 ``RiskAssessment`` resources (:func:`risk_assessment`): status ``preliminary``,
+Output: FHIR R4 ``RiskAssessment`` resources (:func:`risk_assessment`, made by the results writer's
+builder :func:`cds.fhir.resources.risk_assessment`): status ``preliminary``,
 ``meta.security`` AIAST, ``prediction.probabilityDecimal`` with ``whenRange`` 0-12 months,
-``basis`` -> the CMR Observations (ids of :func:`cds.fhir.results.observation_id`), the
+``basis`` -> the CMR Observations (ids of :func:`cds.fhir.ids.observation_id`), the
 Conditions and lab Observations used and the Patient; validated with ``fhir.resources.R4B``.
 
 >>> m = default_model()
@@ -67,7 +68,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cds.codes import CARDIAC_RISK_CODES, coding
 from cds.errors import ParameterError
 from cds.params import Param
 from cds.sources.tables import age_years
@@ -107,14 +108,8 @@ __all__ = [
 MODEL_NAME = "cds-cardiac-risk"
 MODEL_VERSION = "0.1.0"
 HORIZON_MONTHS = 12
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-LOCAL = "https://cds.example.org/fhir/CodeSystem/cardiac-risk"
-AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
-         "display": "Artificial Intelligence asserted"}
-OUTCOME = {"system": LOCAL, "code": "mace-12mo",
-           "display": "Major adverse cardiac event (all-cause death, reinfarction or new congestive heart failure)"}
+OUTCOME = coding(CARDIAC_RISK_CODES, "mace-12mo",
+                 "Major adverse cardiac event (all-cause death, reinfarction or new congestive heart failure)")
 
 #: SNOMED CT codes counted as diabetes: 44054006 and the type 2 diabetes complication codes
 #: (descendants of 44054006) that Synthea's diabetes module writes; the first four occur in
@@ -432,10 +427,10 @@ _CMR_CODES = {"10230-1": "ef_pct", "75988-6": "edv_ml", "75989-4": "esv_ml", "lv
 def cmr_features(findings: Iterable[Any]) -> dict[str, Any]:
     """``{"values": {ef_pct, edv_ml, esv_ml, gcs_pct, grs_pct}, "evidence": [...]}`` from cmr-function Findings.
 
-    Evidence references are ``Observation/<cds.fhir.results.observation_id(finding)>``, the ids the
+    Evidence references are ``Observation/<cds.fhir.ids.observation_id(finding)>``, the ids the
     results writer gives these Findings.
     """
-    from cds.fhir.results import observation_id
+    from cds.fhir.ids import observation_id
 
     values: dict[str, Any] = dict.fromkeys(_CMR_CODES.values())
     evidence = []
@@ -460,9 +455,17 @@ def _fhir_time(t: Any) -> str:
 
 def risk_assessment(patient_id: str, as_of: Any, result: Mapping[str, Any], evidence: Sequence[Mapping[str, Any]],
                     model: CoxRiskModel, phantom: bool = True) -> dict[str, Any]:
-    """A FHIR R4 ``RiskAssessment`` (status preliminary, AIAST) for one :meth:`CoxRiskModel.assess` result."""
+    """A FHIR R4 ``RiskAssessment`` (status preliminary, AIAST) for one :meth:`CoxRiskModel.assess` result.
+
+    Built by the results writer's RiskAssessment builder (:func:`cds.fhir.resources.risk_assessment`),
+    id :func:`cds.fhir.ids.assessment_id` (model, version, patient, time); ``basis`` -> the evidence
+    references (the CMR Observations by :func:`cds.fhir.ids.observation_id`, Conditions, labs).
+    """
+    from cds.fhir.ids import assessment_id
+    from cds.fhir.resources import quantity
+    from cds.fhir.resources import risk_assessment as build
+
     occ = _fhir_time(as_of)
-    rid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{LOCAL}|{model.name}|{model.version}|{patient_id}|{occ}"))
     contrib = ", ".join(f"{k} {v:+.3f}" for k, v in result["contributions"].items())
     rationale = (f"Cox-form model {model.name} {model.version}: LP = {result['linear_predictor']:.3f} "
                  f"(HR {result['hazard_ratio']:.2f} vs reference); contributions: {contrib}")
@@ -474,29 +477,26 @@ def risk_assessment(patient_id: str, as_of: Any, result: Mapping[str, Any], evid
             continue
         seen.add(e["reference"])
         basis.append({"reference": e["reference"], "display": str(e["display"])[:200]})
-    notes = [{"text": "AI-generated, preliminary; not reviewed by a clinician. NOT validated on real outcomes: "
-                      "illustrative model with published (GCS, Backhaus 2022) and assumed hazard ratios."}]
+    notes = ["AI-generated, preliminary; not reviewed by a clinician. NOT validated on real outcomes: "
+             "illustrative model with published (GCS, Backhaus 2022) and assumed hazard ratios."]
     if phantom:
-        notes.append({"text": "The CMR strain/function inputs are PHANTOM-derived (synthetic cine measured by "
-                              "cmr-function); they do not describe this patient's heart."})
-    return {
-        "resourceType": "RiskAssessment", "id": rid, "meta": {"security": [dict(AIAST)]},
-        "status": "preliminary",
-        "method": {"coding": [{"system": LOCAL, "code": f"{model.name}-{model.version}"}],
-                   "text": model.form()},
-        "code": {"coding": [dict(OUTCOME)], "text": f"{model.horizon_months}-month MACE risk"},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "occurrenceDateTime": occ,
-        "basis": basis,
-        "prediction": [{
+        notes.append("The CMR strain/function inputs are PHANTOM-derived (synthetic cine measured by "
+                     "cmr-function); they do not describe this patient's heart.")
+    return build(
+        rid=assessment_id(model.name, model.version, patient_id, occ),
+        code={"coding": [dict(OUTCOME)], "text": f"{model.horizon_months}-month MACE risk"},
+        subject={"reference": f"Patient/{patient_id}"},
+        method={"coding": [coding(CARDIAC_RISK_CODES, f"{model.name}-{model.version}")], "text": model.form()},
+        occurrence=occ,
+        basis=basis,
+        prediction={
             "outcome": {"coding": [dict(OUTCOME)], "text": OUTCOME["display"]},
             "probabilityDecimal": round(float(result["risk"]), 4),
-            "whenRange": {"low": {"value": 0, "unit": "mo", "system": UCUM, "code": "mo"},
-                          "high": {"value": model.horizon_months, "unit": "mo", "system": UCUM, "code": "mo"}},
+            "whenRange": {"low": quantity(0, "mo"), "high": quantity(model.horizon_months, "mo")},
             "rationale": rationale,
-        }],
-        "note": notes,
-    }
+        },
+        notes=notes,
+    )
 
 
 def validate(resources: Iterable[Mapping[str, Any]]) -> int:
@@ -513,18 +513,20 @@ def validate(resources: Iterable[Mapping[str, Any]]) -> int:
 
 
 def results_bundle(cmr_findings: Sequence[Any], risk_assessments: Sequence[Mapping[str, Any]], cmr_bundle: Any,
-                   cohort: Any, recorded: str) -> dict[str, Any]:
-    """One transaction Bundle: the CMR results (:func:`cds.fhir.results.results_bundle`) plus the
-    RiskAssessments (``PUT RiskAssessment/<id>``), so every basis reference to a CMR Observation resolves."""
-    from cds.fhir import results as fhir_results
+                   cohort: Any = None, recorded: str = "") -> dict[str, Any]:
+    """One transaction Bundle: the CMR results (:func:`cds.fhir.writer.results_bundle`) plus the
+    RiskAssessments (``PUT RiskAssessment/<id>``), so every basis reference to a CMR Observation resolves.
 
+    ``cohort`` is not read (the Findings carry their study facts); it stays in the signature for
+    callers that pass it positionally.
+    """
+    from cds.fhir.writer import entry
+    from cds.fhir.writer import results_bundle as write
+
+    del cohort
     b = _cmr_bundle(cmr_bundle)
-    bundle = fhir_results.results_bundle(cmr_findings, {b.model_id: b}, cohort, recorded=recorded)
-    entries = list(bundle.get("entry", []))
-    for ra in risk_assessments:
-        entries.append({"fullUrl": f"urn:uuid:{ra['id']}", "resource": dict(ra),
-                        "request": {"method": "PUT", "url": f"RiskAssessment/{ra['id']}"}})
-    bundle["entry"] = entries
+    bundle = write(cmr_findings, {b.model_id: b}, recorded=recorded)
+    bundle["entry"] = list(bundle.get("entry", [])) + [entry(ra) for ra in risk_assessments]
     return bundle
 
 

@@ -167,7 +167,7 @@ class CaseView(StaticFallback, W.VBox):
         self.show_study(change["new"])
 
     def _image_of(self, row: Any) -> Any:
-        from cds.images.imageio import read_image
+        from cds.images.read import read_image
 
         key = str(row.pixel_location)
         if key in self._images:

@@ -6,7 +6,7 @@ Rendering happens in the kernel (:mod:`cds.images.render`) and reaches the brows
 built only when the tab is opened.
 
 >>> import numpy as np
->>> from cds.images.imageio import Image
+>>> from cds.images.image import Image
 >>> v = ImageViewer()
 >>> v.set_image(Image(np.arange(64, dtype=np.int16).reshape(8, 8), (1.0, 1.0), (0, 0, 0), np.eye(3), "CR"))
 >>> v.image.value[:4] == b"\\x89PNG"
@@ -31,7 +31,7 @@ __all__ = ["ImageViewer"]
 
 
 class ImageViewer(StaticFallback, W.VBox):
-    """2D viewer of a :class:`cds.images.imageio.Image` with overlays (see the module docstring).
+    """2D viewer of a :class:`cds.images.image.Image` with overlays (see the module docstring).
 
     Attributes
     ----------
@@ -110,7 +110,7 @@ class ImageViewer(StaticFallback, W.VBox):
             self._hold = False
 
     def set_image(self, img: Any, overlays: list[render.Overlay] | None = None) -> None:
-        """Show a new image (a :class:`cds.images.imageio.Image`): presets, slider ranges, middle slice, render."""
+        """Show a new image (a :class:`cds.images.image.Image`): presets, slider ranges, middle slice, render."""
         self.img = img
         self.overlays = list(overlays or [])
         self.presets = render.window_presets(img)
@@ -229,7 +229,7 @@ class ImageViewer(StaticFallback, W.VBox):
         try:
             from ipyniivue import NiiVue
 
-            from cds.images.imageio import write_nifti
+            from cds.images.nifti import write_nifti
         except ImportError as exc:
             self.view3d.children = [W.HTML(f"<b>3D view unavailable:</b> {exc} (install ipyniivue==2.4.4)")]
             return None
