@@ -49,7 +49,8 @@ def main() -> None:
     from cds.explorer.app import load_findings
     from cds.explorer.widgets.case_view import CaseView
     from cds.explorer.widgets.viewer import ImageViewer
-    from cds.images.imageio import Image, read_image
+    from cds.images.image import Image
+    from cds.images.read import read_image
     from cds.images.render import Overlay
     from cds.review.store import ReviewStore
 

@@ -63,7 +63,7 @@ def bare_input(bundle: Any, net: Any) -> tuple[Any, ...]:
 def pipeline_cases() -> dict[str, Callable[[Any, Any], Callable[[], Any]]]:
     """model id -> (registry, bundle) -> a callable running one study end to end."""
     import cds
-    from cds.images.imageio import read_image
+    from cds.images.read import read_image
     from cds.models.registry import ehr_inputs_for
 
     cohort = cds.load_cohort(REPO / "fhir_samples", validate=False, reference_date="2026-01-01")

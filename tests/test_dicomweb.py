@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cds.errors import ImageReadError, ParameterError
 from cds.images.dicomweb import DicomWebError, DicomWebSource, _frame_array
-from cds.images.imageio import read_image
+from cds.images.read import read_image
 from tests import orthanc as orthanc_helper
 from tests.orthanc import OrthancStartError, free_port, orthanc_session, running_orthanc
 
@@ -93,7 +93,7 @@ def test_wado_series_equals_files_and_geometry(stored: dict) -> None:
     src: DicomWebSource = stored["src"]
     series = src.search_series(src.search_studies(patient_id=CT_PATIENT).loc[0, "study_uid"])
     url = series.loc[0, "url"]
-    from_web = read_image(url, expect_modality="CT")  # read_image dispatches DICOMweb URLs
+    from_web = read_image(url, modality="CT")  # read_image dispatches DICOMweb URLs
     from_files = read_image(stored["ct_folder"])
     assert from_web.source == url
     np.testing.assert_array_equal(from_web.array, from_files.array)
@@ -123,7 +123,7 @@ def test_wado_cr_jpeg2000_equals_file(stored: dict) -> None:
     np.testing.assert_array_equal(web.array, local.array)
     assert web.meta["inverted"] and web.meta["view_position"] == "PA" and web.shape == (1955, 1841)
     with pytest.raises(ImageReadError, match="modality is CR, expected CT") as err:
-        src.read_series(row["study_uid"], row["series_uid"], expect_modality="CT")
+        src.read_series(row["study_uid"], row["series_uid"], modality="CT")
     assert row["series_uid"] in str(err.value)
 
 

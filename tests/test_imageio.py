@@ -1,4 +1,5 @@
-"""cds.images.imageio: DICOM files/series, NIfTI, PNG/JPEG, patient geometry and every bad-input case."""
+"""cds.images (image, dicom, dicom_image, nifti, pictures, read): DICOM files/series, NIfTI, PNG/JPEG,
+patient geometry, series selection and every bad-input case."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from cds.errors import ImageReadError, ParameterError
-from cds.images.imageio import Image, index_to_lps, lps_to_index, read_image, write_nifti
+from cds.images.dicom import SeriesMismatchError, read_dicom_folder
+from cds.images.image import Image, check_direction, index_to_lps, lps_to_index
+from cds.images.nifti import write_nifti
+from cds.images.read import read_image
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -156,11 +160,85 @@ def test_folder_with_several_series_picks_largest_or_asked(tmp_path: Path) -> No
     assert img.meta["series_uid"] == big["series_uid"] and img.shape[0] == 4
     assert img.meta["series_in_folder"] == {big["series_uid"]: 4, small["series_uid"]: 2}
     assert read_image(tmp_path / "mix", series_uid=small["series_uid"]).modality == "MR"
-    assert read_image(tmp_path / "mix", expect_modality="MR").meta["series_uid"] == small["series_uid"]
+    assert read_image(tmp_path / "mix", modality="MR").meta["series_uid"] == small["series_uid"]
     with pytest.raises(ImageReadError, match="series 1.2.3 not in folder"):
         read_image(tmp_path / "mix", series_uid="1.2.3")
     with pytest.raises(ImageReadError, match="modality is CT, expected PT"):
-        read_image(tmp_path / "mix", expect_modality="PT")
+        read_image(tmp_path / "mix", modality="PT")
+
+
+def test_requested_series_is_read_even_when_smaller(tmp_path: Path) -> None:
+    """A cohort row names its series: that one is read, not the folder's largest."""
+    big = _synthetic_series(tmp_path / "study" / "a", n=5, rows=6, cols=7)
+    small = _synthetic_series(tmp_path / "study" / "b", n=3, rows=4, cols=5, intercept=0.0)
+    assert read_image(tmp_path / "study").meta["series_uid"] == big["series_uid"]  # no uid: the largest
+    img = read_image(tmp_path / "study", series_uid=small["series_uid"], modality="CT")
+    assert img.meta["series_uid"] == small["series_uid"] and img.shape == (3, 4, 5)
+    np.testing.assert_array_equal(img.array, small["raw"])
+    assert all(str(tmp_path / "study" / "b") in f for f in img.meta["files"])
+    # the requested series exists but has another modality than the row says: the file and both values
+    with pytest.raises(SeriesMismatchError, match="modality is CT, expected MR") as err:
+        read_image(tmp_path / "study", series_uid=small["series_uid"], modality="MR")
+    assert err.value.where in img.meta["files"]
+    assert (err.value.attribute, err.value.found, err.value.expected) == ("Modality", "CT", "MR")
+    # a series that is not in the folder: the folder, the uid asked and the uids found
+    with pytest.raises(SeriesMismatchError, match="series 1.2.3 not in folder") as err:
+        read_image(tmp_path / "study", series_uid="1.2.3")
+    assert err.value.where == str(tmp_path / "study")
+    assert big["series_uid"] in str(err.value) and small["series_uid"] in str(err.value)
+
+
+def test_file_of_another_series_or_modality_than_asked(tmp_path: Path) -> None:
+    syn = _synthetic_series(tmp_path / "s", n=1)
+    f = next((tmp_path / "s").glob("*.dcm"))
+    assert read_image(f, series_uid=syn["series_uid"], modality="ct").meta["series_uid"] == syn["series_uid"]
+    with pytest.raises(ImageReadError, match=f"SeriesInstanceUID is {syn['series_uid']}, expected 9.8.7") as err:
+        read_image(f, series_uid="9.8.7")
+    assert err.value.where == str(f)
+    with pytest.raises(ImageReadError, match="modality is CT, expected DX") as err:
+        read_image(f, series_uid=syn["series_uid"], modality="DX")
+    assert err.value.where == str(f)
+    # a DICOMweb URL names its series: another uid asked is refused before any request
+    url = "http://127.0.0.1:1/dicom-web/studies/1.2/series/3.4"
+    with pytest.raises(SeriesMismatchError, match="SeriesInstanceUID is 3.4, expected 5.6") as err:
+        read_image(url, series_uid="5.6")
+    assert err.value.where == url
+    # NIfTI and pictures record neither; the request is not checked for them
+    PILImage.fromarray(np.zeros((3, 4), np.uint8)).save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png", series_uid="9.8.7", modality="CR").shape == (3, 4)
+    for bad in ("", 1.5, float("nan")):
+        with pytest.raises(ParameterError, match="series_uid"):
+            read_image(f, series_uid=bad)  # type: ignore[arg-type]
+
+
+def test_slice_gap_tolerance_and_non_recursive_folder(tmp_path: Path) -> None:
+    _synthetic_series(tmp_path / "s", n=4, gap=2.5)
+    files = sorted((tmp_path / "s").glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    ds = pydicom.dcmread(files[-1])
+    normal = np.cross(np.asarray(ds.ImageOrientationPatient[:3]), np.asarray(ds.ImageOrientationPatient[3:]))
+    ds.ImagePositionPatient = [float(v) for v in np.asarray(ds.ImagePositionPatient, float) + 0.1 * normal]
+    ds.save_as(files[-1])  # the last gap is 2.6 mm instead of 2.5: 4 % off
+    with pytest.raises(ImageReadError, match="inconsistent slice spacing"):
+        read_image(tmp_path / "s")
+    assert read_image(tmp_path / "s", slice_gap_tolerance=0.05).shape[0] == 4
+    with pytest.raises(ParameterError, match="slice_gap_tolerance"):
+        read_image(tmp_path / "s", slice_gap_tolerance=1.5)
+    with pytest.raises(ImageReadError, match="empty folder"):
+        read_dicom_folder(tmp_path, recursive=False)  # the slices are one level down
+    assert read_dicom_folder(tmp_path, slice_gap_tolerance=0.05).shape[0] == 4
+
+
+def test_check_direction() -> None:
+    assert check_direction(np.eye(3)).dtype == np.float64
+    with pytest.raises(ParameterError, match="3x3"):
+        check_direction(np.eye(2))
+    with pytest.raises(ParameterError, match="unit vectors"):
+        check_direction(np.diag([1.0, 2.0, 1.0]))
+    with pytest.raises(ParameterError, match="not independent"):
+        check_direction(np.array([[1.0, 1.0, 0], [0, 0, 0], [0, 0, 1]]))
+    img = Image(np.zeros((2, 2, 2)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.zeros((3, 3)), "CT", {}, "x")
+    with pytest.raises(ParameterError, match="direction"):
+        index_to_lps(img, (0, 0, 0))
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -183,7 +261,7 @@ def test_not_dicom(tmp_path: Path) -> None:
     assert err.value.where == str(f)
     (tmp_path / "only_text").mkdir()
     (tmp_path / "only_text" / "a.txt").write_text("x")
-    with pytest.raises(ImageReadError, match=r"no DICOM image in folder \(1 files: 1 not DICOM\)"):
+    with pytest.raises(ImageReadError, match=r"no DICOM image in folder \(1 files: 1 not DICOM \(e\.g\. a\.txt\)\)"):
         read_image(tmp_path / "only_text")
 
 
@@ -240,11 +318,11 @@ def test_compressed_without_codec_names_syntax_and_package(tmp_path: Path) -> No
 def test_wrong_modality(tmp_path: Path) -> None:
     _synthetic_series(tmp_path / "s", n=2, modality="MR", intercept=0.0)
     with pytest.raises(ImageReadError, match="modality is MR, expected CT"):
-        read_image(tmp_path / "s", expect_modality="CT")
+        read_image(tmp_path / "s", modality="CT")
     f = next((tmp_path / "s").glob("*.dcm"))
     with pytest.raises(ImageReadError, match="modality is MR, expected CT"):
-        read_image(f, expect_modality="CT")
-    assert read_image(f, expect_modality="mr").modality == "MR"
+        read_image(f, modality="CT")
+    assert read_image(f, modality="mr").modality == "MR"
 
 
 def test_dicomweb_url_must_name_a_series() -> None:
@@ -380,7 +458,7 @@ def samples(shared_data: Path) -> Path:
 
 @pytest.mark.shared
 def test_real_ct_series(lung_ct: Path) -> None:
-    img = read_image(lung_ct, expect_modality="CT")
+    img = read_image(lung_ct, modality="CT")
     assert img.shape == (64, 512, 512)
     assert img.array.dtype == np.int16
     assert (int(img.array.min()), int(img.array.max())) == (-1024, 2976)
@@ -491,9 +569,9 @@ def test_real_objects_without_pixels(samples: Path, name: str) -> None:
 @pytest.mark.shared
 def test_real_secondary_capture_refused_when_modality_expected(samples: Path) -> None:
     with pytest.raises(ImageReadError, match="secondary capture"):
-        read_image(samples / "NM1_uncompressed.dcm", expect_modality="NM")
+        read_image(samples / "NM1_uncompressed.dcm", modality="NM", reject_secondary_capture=True)
     with pytest.raises(ImageReadError, match="modality is CR, expected CT"):
-        read_image(samples / "RG1_J2KI.dcm", expect_modality="CT")
+        read_image(samples / "RG1_J2KI.dcm", modality="CT")
 
 
 @pytest.mark.shared

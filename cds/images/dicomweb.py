@@ -1,6 +1,6 @@
 """DICOMweb (QIDO-RS search, WADO-RS retrieve, STOW-RS store): a thin layer over dicomweb-client.
 
-Searches return tidy pandas DataFrames; series come back as :class:`cds.images.imageio.Image` through the same
+Searches return tidy pandas DataFrames; series come back as :class:`cds.images.image.Image` through the same
 geometry code as files, so a Cohort's imaging table can hold either a path or a DICOMweb series URL
 (``read_image("http://host/dicom-web/studies/<uid>/series/<uid>")``). Every network or HTTP failure
 becomes a :class:`DicomWebError` naming the URL and the HTTP status.
@@ -24,7 +24,9 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName
 
 from cds.errors import ImageReadError, ParameterError
-from cds.images.imageio import Image, _check_modality, _dcmread, image_from_datasets
+from cds.images.dicom import check_identity, read_dataset
+from cds.images.dicom_image import DEFAULT_SLICE_GAP_TOLERANCE, image_from_datasets
+from cds.images.image import Image
 
 __all__ = ["DicomWebError", "DicomWebSource"]
 
@@ -309,13 +311,26 @@ class DicomWebSource:
             raise DicomWebError(url, "WADO-RS series retrieve returned no instances", 404)
         return list(datasets)
 
-    def read_series(self, study_uid: str, series_uid: str, expect_modality: str | None = None) -> Image:
-        """WADO-RS retrieve + the same geometry code as DICOM files (:func:`cds.images.imageio.image_from_datasets`)."""
+    def read_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        modality: str | None = None,
+        reject_secondary_capture: bool = False,
+        slice_gap_tolerance: float = DEFAULT_SLICE_GAP_TOLERANCE,
+    ) -> Image:
+        """WADO-RS retrieve + the same geometry code as DICOM files (:func:`cds.images.dicom_image.image_from_datasets`).
+
+        Every instance must belong to ``series_uid`` and (when given) have Modality ``modality``
+        (:func:`cds.images.dicom.check_identity`), else a
+        :class:`~cds.images.dicom.SeriesMismatchError` names the instance URL and both values.
+        """
         url = self.series_url(study_uid, series_uid)
         datasets = self.retrieve_series(study_uid, series_uid)
-        _check_modality(datasets[0], expect_modality, url)
         sources = [f"{url}/instances/{ds.get('SOPInstanceUID', i)}" for i, ds in enumerate(datasets)]
-        return image_from_datasets(datasets, source=url, sources=sources)
+        for ds, where in zip(datasets, sources, strict=True):
+            check_identity(ds, where, series_uid, modality, reject_secondary_capture)
+        return image_from_datasets(datasets, source=url, sources=sources, slice_gap_tolerance=slice_gap_tolerance)
 
     def retrieve_frames(
         self, study_uid: str, series_uid: str, sop_instance_uid: str, frame_numbers: Sequence[int] = (1,)
@@ -363,7 +378,7 @@ class DicomWebSource:
                     datasets.append(item)
                     sources.append(str(item.get("SOPInstanceUID", "dataset")))
                 else:
-                    datasets.append(_dcmread(Path(item)))
+                    datasets.append(read_dataset(Path(item)))
                     sources.append(str(item))
             response = self._call(
                 "STOW-RS store", f"{self.url}/studies", lambda ds=datasets: self.client.store_instances(ds)

@@ -3,7 +3,7 @@
 numpy + Pillow only, and fast: one 512x512 slice with a heatmap and a box renders to PNG in a few
 milliseconds, so a slider move round-trips well inside 50 ms.
 
-Conventions: a 2D image is ``(rows, cols)``; a volume ``(slices, rows, cols)`` (as :mod:`cds.images.imageio`).
+Conventions: a 2D image is ``(rows, cols)``; a volume ``(slices, rows, cols)`` (as :mod:`cds.images.image`).
 Overlay positions are continuous array indices (row, col[, slice]); :func:`overlays_from_finding`
 converts a Finding's location (patient LPS mm or image pixels) into them.
 
@@ -122,7 +122,7 @@ def _percentile_window(arr: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[f
 
 
 def window_presets(image: Any) -> dict[str, tuple[float, float]]:
-    """Named (centre, width) presets for an image (a :class:`cds.images.imageio.Image` or an array).
+    """Named (centre, width) presets for an image (a :class:`cds.images.image.Image` or an array).
 
     CT: lung, mediastinum, bone (HU). MG: mammo (0.5-99.5 percentiles of the breast, ignoring the
     background). CR/DX: cxr (the DICOM window if recorded, else the 0.5-99.5 percentiles). Every
@@ -376,7 +376,7 @@ def _to_index(image: Any, pts: np.ndarray, frame: str) -> np.ndarray:
             return idx if nd == 2 else np.concatenate([np.zeros((len(pts), 1)), idx], axis=1)
         idx = np.stack([pts[:, 2], pts[:, 1], pts[:, 0]], axis=1)
         return idx[:, 1:] if nd == 2 else idx
-    from cds.images.imageio import lps_to_index
+    from cds.images.image import lps_to_index
 
     return np.atleast_2d(lps_to_index(image, pts[:, :3]))
 
@@ -397,7 +397,7 @@ def _load_array(ref: Any, what: str) -> np.ndarray | None:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return z[z.files[0]]
-    from cds.images.imageio import read_image
+    from cds.images.read import read_image
 
     return np.asarray(read_image(path).array)
 
@@ -405,7 +405,7 @@ def _load_array(ref: Any, what: str) -> np.ndarray | None:
 def overlays_from_finding(finding: Any, image: Any, colour: tuple[int, int, int] | None = None) -> list[Overlay]:
     """The overlays a Finding carries, in ``image``'s array indices.
 
-    - ``location`` ``box`` / ``point``: patient LPS mm (converted with :func:`cds.images.imageio.lps_to_index`)
+    - ``location`` ``box`` / ``point``: patient LPS mm (converted with :func:`cds.images.image.lps_to_index`)
       or image pixels (``frame="pixel"``: ``(x, y[, z])`` = column, row[, slice]; a 2D box is
       ``(x0, y0, x1, y1)``).
     - ``location`` ``mask``: ``ref`` names a mask file (``.npy``, NIfTI, DICOM, PNG) of the image's shape.

@@ -164,7 +164,7 @@ class ModelRegistry:
         With ``artifacts_dir``, explanation maps (GradCAM) are saved there as ``<finding id>.npy``
         and referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them.
         """
-        from cds.images.imageio import read_image
+        from cds.images.read import read_image
 
         b = self.get(model_id)
         card = b.card
@@ -181,7 +181,7 @@ class ModelRegistry:
                 if not isinstance(r.pixel_location, str) or not r.pixel_location:
                     raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
                 ehr = ehr_inputs_for(card, cohort, r.patient_id, r.started)
-                image = read_image(r.pixel_location)
+                image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
                 found = self.run_one(b, task, image, ehr, r.patient_id, r.study_uid, r.series_uid,
                                      tuple(r.instance_uids), artifacts_dir=artifacts_dir)
                 result.findings.extend(with_study_context(found, r, ehr))
@@ -197,7 +197,7 @@ class ModelRegistry:
     def run_one(self, b: Bundle, task: str, image: Any, ehr: dict[str, Any], patient_id: str, study_uid: str,
                 series_uid: str | None, instance_uids: tuple[str, ...],
                 artifacts_dir: str | Path | None = None) -> list[Any]:
-        """Run one bundle on one image (a :class:`cds.images.imageio.Image`) and return its Findings."""
+        """Run one bundle on one image (a :class:`cds.images.image.Image`) and return its Findings."""
         if not b.card:
             from cds.models import zoo
 

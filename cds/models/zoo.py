@@ -4,7 +4,7 @@ A user downloads a bundle on a machine with internet (``python -m monai.bundle d
 --bundle_dir <dir>``) and copies the folder into the models directory. cds never edits it: it reads
 ``configs/metadata.json`` and ``configs/inference.json`` with ``monai.bundle.ConfigParser``, overrides only
 run-time keys at parse time, instantiates the config's own ``network_def``, pre-processing, inferer and
-post-processing, loads ``models/model.pt`` and applies them to an image read by :mod:`cds.images.imageio`.
+post-processing, loads ``models/model.pt`` and applies them to an image read by :mod:`cds.images.read`.
 
 Supported bundles (recognised from metadata.json ``name``/``task``/``description`` together with
 ``network_data_format``, never from the folder name):
@@ -474,7 +474,7 @@ def image_to_metatensor(image: Any) -> Any:
     A 2D image becomes one slice.
 
     >>> import numpy as np
-    >>> from cds.images.imageio import Image
+    >>> from cds.images.image import Image
     >>> mt = image_to_metatensor(Image(np.zeros((2, 3, 4)), (5.0, 0.5, 0.5), (10.0, 20.0, 30.0), np.eye(3), "CT"))
     >>> tuple(mt.shape), mt.affine[:3, 3].tolist()
     ((4, 3, 2), [-10.0, -20.0, 30.0])
@@ -495,14 +495,15 @@ def image_to_metatensor(image: Any) -> Any:
 
 
 def _as_image(image: Any, name: str) -> Any:
-    from cds.images.imageio import Image, read_image
+    from cds.images.image import Image
+    from cds.images.read import read_image
 
     if isinstance(image, Image):
         img = image
     elif isinstance(image, str | Path):  # NIfTI and pictures carry no modality and are not checked
-        img = read_image(image, expect_modality=_EXPECTED_MODALITY[name][0])
+        img = read_image(image, modality=_EXPECTED_MODALITY[name][0], reject_secondary_capture=True)
     else:
-        raise ParameterError("image", f"expected a cds.images.imageio.Image or a path, got {type(image).__name__}")
+        raise ParameterError("image", f"expected a cds.images.image.Image or a path, got {type(image).__name__}")
     where = img.source or "image"
     modality = (img.modality or "").upper()
     if modality and modality not in _EXPECTED_MODALITY[name]:
@@ -531,7 +532,7 @@ def lung_box_findings(
     """One "Pulmonary nodule" Finding per box, highest score first.
 
     ``boxes_lps`` is (N, 6) ``[x0, y0, z0, x1, y1, z1]`` in patient LPS mm (any corner order). With
-    ``image`` (a :class:`cds.images.imageio.Image` with DICOM UIDs) the Location names the slice nearest the box centre.
+    ``image`` (a :class:`cds.images.image.Image` with DICOM UIDs) the Location names the slice nearest the box centre.
 
     >>> f = lung_box_findings(np.array([[10, -5, 3, 0, 5, -3.0]]), np.array([0.9]), 0.02, "p", "1.2", None, (), "0.6.8")
     >>> f[0].location.coords, f[0].interpretation
@@ -549,7 +550,7 @@ def lung_box_findings(
         centre = (lo[i] + hi[i]) / 2
         sop = None
         if sops and image is not None and image.ndim == 3:
-            from cds.images.imageio import lps_to_index
+            from cds.images.image import lps_to_index
 
             k = int(np.clip(np.rint(lps_to_index(image, centre)[0]), 0, len(sops) - 1))
             sop = str(sops[k])
@@ -751,7 +752,7 @@ def sax_findings(
     A stack of slices (``image.meta["axis0"] == "space"``, n > 1) gives a volume in mL; frames of a cine
     (or one image) give the largest area over frames in mm². Per-plane areas are in ``extra``.
 
-    >>> from cds.images.imageio import Image
+    >>> from cds.images.image import Image
     >>> lab = np.zeros((2, 4, 4), np.uint8); lab[:, :2, :2] = 1
     >>> img = Image(np.zeros((2, 4, 4)), (8.0, 1.5, 1.5), (0, 0, 0), np.eye(3), "MR", {"axis0": "space"})
     >>> f = sax_findings(lab, img, {1: "lv_pool"}, "p", "1.2", None, (), "0.3.4")[0]
@@ -789,7 +790,7 @@ def sax_findings(
             lo, hi = idx.min(axis=0), idx.max(axis=0)
             coords: tuple[float, ...] = ()
             if image.meta.get("patient_frame", True):
-                from cds.images.imageio import index_to_lps
+                from cds.images.image import index_to_lps
 
                 pts = index_to_lps(image, np.array([lo, hi], dtype=np.float64))
                 coords = tuple(float(v) for v in (*pts.min(axis=0), *pts.max(axis=0)))
@@ -831,7 +832,8 @@ def _run_sax(loaded: _Loaded, image: Any, ids: dict[str, Any], output_dir: Path 
     structures = {i: n for i, n in enumerate(names) if i > 0}
     ref = None
     if output_dir is not None:
-        from cds.images.imageio import Image, write_nifti
+        from cds.images.image import Image
+        from cds.images.nifti import write_nifti
 
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(ids.get("series_uid") or ids.get("study_uid") or "image"))
         mask = Image(lab, image.spacing, image.origin, image.direction, image.modality, dict(image.meta), where)
@@ -885,7 +887,8 @@ def _run_sax_cine(loaded: _Loaded, images: Sequence[Any], ids: dict[str, Any],
         "segmentation": f"MONAI Model Zoo {SAX} {loaded.meta.get('version', '')}".strip(),
     }
     if output_dir is not None:
-        from cds.images.imageio import Image, write_nifti
+        from cds.images.image import Image
+        from cds.images.nifti import write_nifti
 
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(ids.get("series_uid") or ids.get("study_uid") or "cine"))
         context["mask_files"] = [
@@ -921,7 +924,7 @@ def run_zoo_bundle(
     bundle_path
         The bundle folder as ``monai.bundle download`` wrote it (any folder name).
     image
-        A :class:`cds.images.imageio.Image` or anything :func:`cds.images.imageio.read_image` reads (CT series folder
+        A :class:`cds.images.image.Image` or anything :func:`cds.images.read.read_image` reads (CT series folder
         for the lung bundle, a mammogram for the breast bundle, short-axis MR for the ventricular bundle).
         For the ventricular bundle also a list of cines, one ``(frames, rows, cols)`` Image per slice
         position: the result is then LV function (EF, EDV, ESV, GCS, GRS) from

@@ -221,7 +221,7 @@ def predict(bundle: Any, volume_hu: np.ndarray, spacing: Sequence[float], origin
     volume_hu : array (slices, rows, columns)
         Hounsfield units, slices sorted along the slice normal (see :mod:`cds.models.tasks.lung_ct`).
     spacing, origin, direction
-        As in :mod:`cds.images.imageio`: mm per array axis ``(slice, row, column)``; LPS of the centre of voxel
+        As in :mod:`cds.images.read`: mm per array axis ``(slice, row, column)``; LPS of the centre of voxel
         [0, 0, 0]; 3x3 matrix whose column ``a`` is the LPS direction of array axis ``a``.
     min_score : float
         Drop candidates scoring below this.

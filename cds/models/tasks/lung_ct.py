@@ -8,7 +8,7 @@ The steps, each a function with one job::
     detect_candidates  working HU + masks -> candidate blobs with features (multi-scale LoG)
     insert_nodule      paste a synthetic ellipsoidal nodule into a full-resolution HU volume
 
-Array and geometry conventions (the same as :mod:`cds.images.imageio`: everything per array axis):
+Array and geometry conventions (the same as :mod:`cds.images.image`: everything per array axis):
 
 * ``volume_hu`` is indexed ``[k, j, i]`` = (slice, row, column); slices are sorted by position
   along the slice normal, ascending.
@@ -18,7 +18,8 @@ Array and geometry conventions (the same as :mod:`cds.images.imageio`: everythin
   (slice normal, column direction cosines, row direction cosines).
 * ``LPS = origin + direction @ (spacing * [k, j, i])``; voxel indices are always in ``(k, j, i)`` order.
 
-This module has its own small DICOM series reader; ``cds.images.imageio`` is meant to replace it.
+Series are read by the one DICOM reader, :func:`cds.images.dicom.read_dicom_folder`; voxel indices
+become LPS with :func:`cds.images.image.grid_index_to_lps` (named ``index_to_lps`` here).
 
 Examples
 --------
@@ -40,6 +41,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
+from cds.images.dicom import SeriesMismatchError, read_dicom_folder
+from cds.images.image import grid_index_to_lps as index_to_lps
+from cds.images.image import grid_lps_to_index as lps_to_index
 
 __all__ = [
     "CtSeries",
@@ -56,7 +60,12 @@ __all__ = [
     "lung_masks",
     "detect_candidates",
     "insert_nodule",
+    "SLICE_GAP_TOLERANCE",
 ]
+
+#: Relative slice-gap tolerance for chest CT series here (10 %, as this model was built with); the
+#: generic reader's default is 1 % (:data:`cds.images.dicom_image.DEFAULT_SLICE_GAP_TOLERANCE`).
+SLICE_GAP_TOLERANCE = 0.1
 
 # ----------------------------------------------------------------------------------------------
 # Reading a CT series
@@ -113,108 +122,48 @@ def find_series_folders(root: str | Path) -> list[Path]:
 
 
 def read_ct_series(folder: str | Path) -> CtSeries:
-    """Read the CT DICOM files in ``folder`` (not recursive) into a :class:`CtSeries`.
+    """Read the CT series in ``folder`` (its files, not subfolders) into a :class:`CtSeries`.
 
-    Slices are sorted by their position along the slice normal; HU = stored value * RescaleSlope
-    + RescaleIntercept. Errors name the folder or the offending file (:class:`ImageReadError`).
+    The one DICOM reader (:func:`cds.images.dicom.read_dicom_folder`) does the work: slices sorted
+    by position along the slice normal, HU = stored value * RescaleSlope + RescaleIntercept, gaps
+    checked with :data:`SLICE_GAP_TOLERANCE`. Errors name the folder or the offending file
+    (:class:`ImageReadError`); a series of another modality says "this model needs CT".
+
+    >>> read_ct_series("/no/such/series")
+    Traceback (most recent call last):
+    ...
+    cds.errors.ImageReadError: /no/such/series: not a folder (no such folder)
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     d = Path(folder)
-    if not d.is_dir():
-        raise ImageReadError(str(d), "not a folder (expected one folder per CT series of DICOM files)")
-    files = sorted(p for p in d.iterdir() if p.is_file() and _looks_like_dicom(p))
-    if not files:
-        raise ImageReadError(str(d), "no DICOM files (*.dcm) in this folder")
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            raise ImageReadError(str(f), f"not a readable DICOM file: {exc}") from None
-        modality = str(getattr(ds, "Modality", ""))
-        if modality != "CT":
-            raise ImageReadError(str(f), f"modality is {modality or 'missing'!r}, this model needs CT")
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise ImageReadError(str(f), f"missing {tag}: cannot place the slice in patient space")
-        if "PixelData" not in ds:
-            raise ImageReadError(str(f), "no pixel data")
-        slices.append((f, ds))
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise ImageReadError(str(d), f"holds {len(series)} series; put each CT series in its own folder")
-    iop = np.array([float(v) for v in slices[0][1].ImageOrientationPatient])
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    for f, ds in slices:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
-            raise ImageReadError(str(f), "ImageOrientationPatient differs from the other slices")
-    pos = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in slices])
-    order = np.argsort(pos @ normal, kind="stable")
-    slices = [slices[i] for i in order]
-    pos = pos[order]
-    along = pos @ normal
-    if len(slices) < 2:
+    try:
+        image = read_dicom_folder(d, modality="CT", slice_gap_tolerance=SLICE_GAP_TOLERANCE, recursive=False)
+    except SeriesMismatchError as exc:
+        if exc.attribute != "Modality":
+            raise
+        raise ImageReadError(exc.where, f"{exc.reason}: this model needs CT") from None
+    found = image.meta.get("series_in_folder", {})
+    if len(found) > 1:
+        raise ImageReadError(str(d), f"holds {len(found)} series ({found}); put each CT series in its own folder")
+    if image.ndim != 3 or image.shape[0] < 2:
         raise ImageReadError(str(d), "only one slice: a 3D CT series is needed")
-    steps = np.diff(along)
-    if np.any(steps < 1e-3):
-        raise ImageReadError(str(d), "two slices share one position (duplicate or mixed series)")
-    sz = float(np.median(steps))
-    if np.max(np.abs(steps - sz)) > 0.1 * sz + 0.01:
-        raise ImageReadError(str(d), f"uneven slice spacing ({steps.min():.2f}..{steps.max():.2f} mm): missing slices?")
-    first = slices[0][1]
-    rows, cols = int(first.Rows), int(first.Columns)
-    vol = np.empty((len(slices), rows, cols), dtype=np.float32)
-    for k, (f, ds) in enumerate(slices):
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise ImageReadError(str(f), "slice size differs from the other slices")
-        try:
-            arr = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
-            raise ImageReadError(str(f), f"cannot decode pixel data: {exc}") from None
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        vol[k] = arr.astype(np.float32) * slope + inter
-    ps = [float(v) for v in first.PixelSpacing]  # (row spacing, column spacing)
-    direction = np.stack([normal, col, row], axis=1)
-    thick = getattr(first, "SliceThickness", None)
+    if not image.meta.get("spacing_known") or not image.meta.get("patient_frame"):
+        raise ImageReadError(
+            image.meta["files"][0], "missing PixelSpacing: cannot place the slices in patient space"
+        )
+    m = image.meta
     return CtSeries(
-        volume_hu=vol,
-        spacing=(sz, ps[0], ps[1]),
-        origin=tuple(float(v) for v in pos[0]),  # type: ignore[arg-type]
-        direction=direction,
-        sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in slices],
-        files=[f for f, _ in slices],
-        series_uid=str(getattr(first, "SeriesInstanceUID", "")),
-        study_uid=str(getattr(first, "StudyInstanceUID", "")),
-        patient_id=str(getattr(first, "PatientID", "")),
-        slice_thickness=float(thick) if thick not in (None, "") else None,
+        volume_hu=image.array.astype(np.float32),
+        spacing=tuple(float(v) for v in image.spacing),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in image.origin),  # type: ignore[arg-type]
+        direction=np.asarray(image.direction, dtype=np.float64),
+        sop_instance_uids=list(m["sop_instance_uids"]),
+        files=[Path(f) for f in m["files"]],
+        series_uid=m.get("series_uid") or "",
+        study_uid=m.get("study_uid") or "",
+        patient_id=m.get("patient_id") or "",
+        slice_thickness=m.get("slice_thickness"),
         folder=d,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Geometry
-# ----------------------------------------------------------------------------------------------
-
-
-def index_to_lps(index: Any, spacing: Sequence[float], origin: Sequence[float], direction: Any) -> np.ndarray:
-    """Continuous voxel indices ``(k, j, i)`` (slice, row, column), shape (N, 3) -> LPS mm (N, 3)."""
-    a = np.atleast_2d(np.asarray(index, dtype=float))
-    return np.asarray(origin, float) + (a * np.asarray(spacing, float)) @ np.asarray(direction, float).T
-
-
-def lps_to_index(lps: Any, spacing: Sequence[float], origin: Sequence[float], direction: Any) -> np.ndarray:
-    """Inverse of :func:`index_to_lps`: LPS mm (N, 3) -> continuous ``(k, j, i)`` indices.
-
-    >>> axial = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])
-    >>> lps_to_index([[-95.0, -50.0, 24.0]], (2.0, 0.5, 0.5), (-100.0, -50.0, 20.0), axial).tolist()
-    [[2.0, 0.0, 10.0]]
-    """
-    a = np.atleast_2d(np.asarray(lps, dtype=float)) - np.asarray(origin, float)
-    return (a @ np.linalg.inv(np.asarray(direction, float)).T) / np.asarray(spacing, float)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -397,7 +397,7 @@ def _card(root: Path, ds: dict[str, Any], C: float, Cs: Any, threshold: float, q
                 "independent check.",
                 "A candidate 'hit' only means its centre falls inside the marked circle; large marks "
                 "(radius up to 111 px = 22 mm) are easy to hit.",
-                "Images must be bright = dense (cds.images.imageio inverts MONOCHROME1 DICOM; raw arrays are not checked).",
+                "Images must be bright = dense (cds.images.dicom_image inverts MONOCHROME1 DICOM; raw arrays are not checked).",
             ],
             "inputs": {
                 "image": {"modality": "MG", "view": "MLO", "channels": 1, "dtype": "uint8 preferred",

@@ -288,7 +288,7 @@ def _card(data_dir: Path, n: int, n_women: int, C: float, Cs: Any, quick: bool, 
                 "the same label, so images are not independent (handled by CV and bootstrap by woman).",
                 "The feature list was designed after viewing mean feature values per class on these 40 "
                 "images; only the penalty and weights are chosen inside the cross-validation.",
-                "Images must be bright = dense (cds.images.imageio inverts MONOCHROME1 DICOM; raw arrays are not checked).",
+                "Images must be bright = dense (cds.images.dicom_image inverts MONOCHROME1 DICOM; raw arrays are not checked).",
             ],
             "inputs": {
                 "image": {"modality": "MG", "view": "MLO", "channels": 1, "dtype": "uint8 preferred",
