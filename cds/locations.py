@@ -49,11 +49,8 @@ def notebook_file(name: str) -> Path:
 
 def sample_cohort_dir() -> Path | None:
     """The embedded sample cohort (``fhir_samples/``) if this installation has it, else ``None``."""
-    cands = [REPO_ROOT / "fhir_samples"]  # a checkout (also an editable install)
-    try:
-        cands.insert(0, Path(str(resources.files("cds.fhir_samples"))))  # a wheel: cds/fhir_samples/
-    except (ModuleNotFoundError, TypeError):
-        pass
+    # a wheel: cds/fhir_samples/ (a namespace package: no importlib.resources path); a checkout: ./fhir_samples
+    cands = [PACKAGE_DIR / "fhir_samples", REPO_ROOT / "fhir_samples"]
     return next((c for c in cands if (c / "SOURCES.md").is_file()), None)
 
 
@@ -85,12 +82,7 @@ def sample_data_dir(name: str = "") -> Path | None:
     >>> sample_data_dir("pneumoniamnist").name
     'pneumoniamnist'
     """
-    cands = [REPO_ROOT / "sample_data"]  # a checkout (also an editable install)
-    try:
-        cands.insert(0, Path(str(resources.files("cds.sample_data"))))  # a wheel: cds/sample_data/
-    except (ModuleNotFoundError, TypeError):
-        pass
-    for c in cands:
+    for c in (PACKAGE_DIR / "sample_data", REPO_ROOT / "sample_data"):  # a wheel: cds/sample_data/; a checkout
         d = c / name if name else c
         if d.is_dir() and any(d.rglob("SOURCE.md")):
             return d

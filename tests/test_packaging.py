@@ -92,7 +92,7 @@ def test_no_sample_cohort_stops_before_any_work(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize(("argv", "blocked", "extra"), [
     (["overview", "--out", "o"], "papermill", "notebooks"),
-    (["evaluate", "pneumonia", "--data", "d"], "torch", "imaging"),
+    (["evaluate", "pneumonia", "--data", str(REPO / "sample_data" / "pneumoniamnist" / "pneumoniamnist_sample.npz")], "torch", "imaging"),
 ])
 def test_missing_optional_dependency_is_one_line_with_the_extra(tmp_path: Path, argv: list[str], blocked: str,
                                                                  extra: str) -> None:
