@@ -168,3 +168,20 @@ def test_plot_reliability_draws_one_curve_per_set() -> None:
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0] == "perfect calibration" and labels[1].startswith("before (ECE ")
     assert len(labels) == 3
+
+
+def test_expected_calibration_error_equals_a_direct_computation() -> None:
+    """The package's one ECE against the definition, written out with loops over cases and bins."""
+    rng = np.random.default_rng(7)
+    for n_bins in (1, 5, 10, 15):
+        y = rng.integers(0, 2, 300)
+        p = rng.random(300) ** 1.5
+        p[:3] = [0.0, 1.0, 0.5]  # edges: 0 in the first bin, 1 in the last
+        total = 0.0
+        for b in range(n_bins):
+            lo, hi = b / n_bins, (b + 1) / n_bins
+            members = [i for i in range(len(p)) if lo <= p[i] < hi or (b == n_bins - 1 and p[i] == 1.0)]
+            if members:
+                gap = abs(sum(y[i] for i in members) / len(members) - sum(p[i] for i in members) / len(members))
+                total += len(members) / len(p) * gap
+        assert expected_calibration_error(y, p, n_bins=n_bins) == pytest.approx(total, abs=1e-9), n_bins
