@@ -93,7 +93,7 @@ def test_wado_series_equals_files_and_geometry(stored: dict) -> None:
     src: DicomWebSource = stored["src"]
     series = src.search_series(src.search_studies(patient_id=CT_PATIENT).loc[0, "study_uid"])
     url = series.loc[0, "url"]
-    from_web = read_image(url, modality="CT")  # read_image dispatches DICOMweb URLs
+    from_web = read_image(url, series_uid=series.loc[0, "series_uid"], modality="CT")  # dispatches DICOMweb URLs
     from_files = read_image(stored["ct_folder"])
     assert from_web.source == url
     np.testing.assert_array_equal(from_web.array, from_files.array)
@@ -124,7 +124,10 @@ def test_wado_cr_jpeg2000_equals_file(stored: dict) -> None:
     assert web.meta["inverted"] and web.meta["view_position"] == "PA" and web.shape == (1955, 1841)
     with pytest.raises(ImageReadError, match="modality is CR, expected CT") as err:
         src.read_series(row["study_uid"], row["series_uid"], modality="CT")
-    assert row["series_uid"] in str(err.value)
+    assert row["series_uid"] in str(err.value) and "/instances/" in err.value.where  # names the instance
+    with pytest.raises(ImageReadError, match="modality is CR, expected DX") as err:
+        read_image(row["url"], series_uid=row["series_uid"], modality="DX")  # a cohort row that says DX
+    assert err.value.where.startswith(row["url"])
 
 
 @pytest.mark.orthanc
