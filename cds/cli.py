@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-from cds.models.tasks import TASK_MODULES as TASKS
+from cds.models.tasks import TASK_NAMES as TASKS
 
 
 def _cmd_cohort_summary(args: argparse.Namespace) -> int:
@@ -84,30 +84,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return main_report(args)
 
 
-def _task_module(task: str):  # noqa: ANN202 - a module
-    import importlib
+def _task(name: str):  # noqa: ANN202 - a cds.models.task.TrainableTask (imported lazily)
+    from cds.models.task_table import task
 
-    if task not in TASKS:
-        raise SystemExit(f"cds: unknown task {task!r}; choose one of: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[task])
+    return task(name)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    mod = _task_module(args.task)
-    kwargs: dict = {"n_boot": args.n_boot}
-    if args.split:
-        kwargs["split"] = args.split
-    if args.bundle:
-        kwargs["bundle_dir"] = args.bundle
-    result = mod.evaluate(args.data, **kwargs)
+    task = _task(args.task)
+    result = task.evaluate(args.data, bundle_dir=args.bundle, n_boot=args.n_boot, split=args.split)
     print(json.dumps(result, indent=2 if not args.json else None, default=str))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    mod = _task_module(args.task)
-    path = mod.train(args.data, args.out, seed=args.seed, quick=args.quick)
+    path = _task(args.task).train(args.data, args.out, seed=args.seed, quick=args.quick)
     print(f"bundle written: {path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cds.models.run_file import findings_table, run_file
+
+    findings = run_file(args.model, args.path, args.ehr or [], models_dir=args.models_dir, series_uid=args.series)
+    if args.json:
+        print(json.dumps([f.record_dict() for f in findings], indent=2, default=str))
+    else:
+        print(findings_table(findings))
     return 0
 
 
@@ -169,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cds/models); repeatable")
     m.add_argument("--json", action="store_true", help="print JSON records")
     m.set_defaults(func=_cmd_models)
+
+    r = sub.add_parser("run", help="run one model on one image file, DICOM folder or series and print its Findings")
+    r.add_argument("model", help="a model id (see `cds models`)")
+    r.add_argument("path", help="image file (DICOM, NIfTI, PNG), DICOM series folder or DICOMweb series URL; for "
+                   "cmr-function a cine series folder or a 4D NIfTI (x, y, slice, time)")
+    r.add_argument("--ehr", action="append", metavar="NAME=VALUE", help="an EHR input the model card declares "
+                   "(e.g. --ehr age=63 --ehr sex=female); repeatable")
+    r.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    r.add_argument("--models-dir", action="append", help="a models directory (default $CDS_MODELS_DIR or "
+                   "~/.cds/models); repeatable")
+    r.add_argument("--json", action="store_true", help="print the Findings as JSON records")
+    r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("train", help="train a reference model into a MONAI bundle folder")
     t.add_argument("task", help=f"one of: {', '.join(TASKS)}")

@@ -8,7 +8,8 @@ A model is a folder laid out as a MONAI bundle::
         models/model.pt          the weights (a state_dict), unless the card says otherwise
         docs/README.md           the human-readable model card (optional)
 
-The ``cds`` section of ``metadata.json`` holds what a clinician needs to judge a result::
+The ``cds`` section of ``metadata.json`` holds what a clinician needs to judge a result (parsed once
+into :class:`cds.models.card.ModelCard`, ``Bundle.model_card``)::
 
     "cds": {
       "model_id": "cxr-cardiomegaly", "task": "cxr-cardiomegaly",
@@ -23,6 +24,31 @@ The ``cds`` section of ``metadata.json`` holds what a clinician needs to judge a
       "performance": {"data": "...", "n_cases": 0, "metrics": {"auroc": {"value": 0.8,
                       "ci95": [0.7, 0.9]}}, "evaluation_command": "cds evaluate ..."}
     }
+
+``task`` names a reference task (:data:`cds.models.task_table.TASKS`). A bundle of your own needs no cds
+code when it declares a generic ``kind`` instead (:mod:`cds.models.generic`)::
+
+    "cds": {"model_id": "my-cxr-net", "kind": "classification-2d", "modality": ["CR", "DX"],
+            "outputs": [{"code_system": "http://snomed.info/sct", "code": "233604007",
+                         "display": "Pneumonia", "channel": 1}],
+            "activation": "softmax", "threshold": 0.5, "indeterminate": [0.4, 0.6]}
+
+- ``kind``: ``classification-2d`` (one image ``(rows, cols)``), ``classification-3d`` (a volume
+  ``(slices, rows, cols)``): the network returns ``(1, C)`` logits; one Finding per output with the
+  probability of its ``channel``. ``segmentation``: ``(1, C, *spatial)`` logits, argmax labels; one
+  measured Finding per output label (``channel`` = label value >= 1) that is present, with its volume
+  (mL; mm^2 for 2D) and a box in LPS around it. ``box-detection``: ``(1, C, *spatial)`` per-voxel
+  logits, sigmoid; each connected region at or above the lower edge of ``indeterminate`` (else
+  ``threshold``) of an output's ``channel`` is one Finding: its highest probability, a box in LPS, its
+  centre and volume; at most ``max_detections`` (default 20) per image, highest first.
+- ``outputs[].channel``: the network output channel (default: the output's position in the list).
+- ``activation``: ``softmax`` or ``sigmoid`` over channels (classification; default softmax for C > 1,
+  sigmoid for C = 1; segmentation always softmax, box-detection always sigmoid).
+- ``configs/inference.json``: ``network_def`` (any MONAI / torch network config), optionally
+  ``preprocessing`` (a MONAI ``Compose`` of *array* transforms applied to the channel-first float32
+  image ``(1, *spatial)`` in cds axis order, e.g. ``ScaleIntensity``, ``Resize``) and ``inferer``
+  (e.g. ``SlidingWindowInferer``). Segmentation and detection outputs are resized back to the image grid.
+  Boxes are in patient LPS mm when the image has a patient frame (DICOM, NIfTI), else pixel ``(x, y)``.
 
 Examples
 --------
@@ -46,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.errors import CdsError
+from cds.models.card import ModelCard
 
 __all__ = ["Bundle", "load_bundle", "save_bundle", "BundleError"]
 
@@ -62,23 +89,33 @@ class Bundle:
     metadata: dict[str, Any]
     inference: dict[str, Any]
     _network: Any = field(default=None, repr=False)
+    _model_card: ModelCard | None = field(default=None, repr=False)
 
     @property
     def card(self) -> dict[str, Any]:
-        """The ``cds`` section of the model card (empty for foreign bundles)."""
+        """The ``cds`` section of the model card as a raw dict (empty for foreign bundles); prefer :attr:`model_card`."""
         return self.metadata.get("cds", {})
 
     @property
+    def model_card(self) -> ModelCard:
+        """The ``cds`` section parsed into a :class:`cds.models.card.ModelCard` (parsed once, then cached)."""
+        if self._model_card is None:
+            self._model_card = ModelCard.from_dict(self.card, where=str(self.path / "configs" / "metadata.json"))
+        return self._model_card
+
+    @property
     def model_id(self) -> str:
-        return self.card.get("model_id") or self.metadata.get("name") or self.path.name
+        """The card's ``model_id``, else MONAI's ``name``, else the folder name."""
+        return self.model_card.model_id or self.metadata.get("name") or self.path.name
 
     @property
     def version(self) -> str:
+        """MONAI ``version`` of the bundle (``"0"`` when absent)."""
         return str(self.metadata.get("version", "0"))
 
     @property
     def weights_path(self) -> Path:
-        return self.path / "models" / self.card.get("weights", "model.pt")
+        return self.path / "models" / self.model_card.weights
 
     def parser(self, overrides: dict[str, Any] | None = None) -> Any:
         """A ``monai.bundle.ConfigParser`` over inference.json (+ metadata) with overrides.
@@ -137,7 +174,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{p}: not a folder (a model is a MONAI bundle folder)")
     meta = _read_json(p / "configs" / "metadata.json")
     inf = _read_json(p / "configs" / "inference.json")
-    return Bundle(path=p, metadata=meta, inference=inf)
+    bundle = Bundle(path=p, metadata=meta, inference=inf)
+    bundle.model_card  # noqa: B018 - a malformed card fails here, naming the file and the key
+    return bundle
 
 
 def save_bundle(

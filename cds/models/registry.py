@@ -18,7 +18,6 @@ True
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -29,13 +28,16 @@ import numpy as np
 import pandas as pd
 
 from cds.errors import CdsError, ModelInputError, ParameterError
-from cds.finding import Failure
+from cds.finding import Failure, Finding
 from cds.locations import BUNDLES_DIR
 from cds.models.bundle import Bundle, BundleError, load_bundle
-from cds.models.ehr_inputs import ehr_inputs_for
-from cds.models.tasks import TASK_MODULES
+from cds.models.ehr_inputs import EhrInputs, ehr_inputs_for
+from cds.models.generic import KINDS
+from cds.models.task import StudyRef, Task
+from cds.models.task_table import TASKS
+from cds.models.zoo import ZOO_TASKS, detect_zoo_bundle
 
-__all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASK_MODULES"]
+__all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASKS", "KINDS", "study_ref"]
 
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,8 @@ log = logging.getLogger(__name__)
 BUILTIN_DIR = BUNDLES_DIR
 
 
-
 def user_model_dirs() -> list[Path]:
+    """``$CDS_MODELS_DIR`` (``os.pathsep``-separated) or ``~/.cds/models``."""
     env = os.environ.get("CDS_MODELS_DIR")
     if env:
         return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
@@ -55,20 +57,29 @@ def user_model_dirs() -> list[Path]:
 class RunResult:
     """Findings of a cohort run, and the studies that failed (with the reason)."""
 
-    findings: list[Any] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
     def findings_frame(self) -> pd.DataFrame:
+        """One row per Finding: identity, code, score, threshold, interpretation, id."""
         cols = ["patient_id", "study_uid", "model_id", "code", "display", "probability", "value", "unit",
                 "threshold", "interpretation", "id"]
         return pd.DataFrame([{k: f.to_dict()[k] for k in cols} for f in self.findings], columns=cols)
 
     def failures_frame(self) -> pd.DataFrame:
+        """One row per failed study: identity, error class, message naming the input."""
         return pd.DataFrame([f.to_dict() for f in self.failures],
                             columns=["patient_id", "study_uid", "model_id", "error", "message", "series_uid", "state"])
 
 
-def with_study_context(findings: list[Any], row: Any, ehr: Any) -> list[Any]:
+def study_ref(row: Any) -> StudyRef:
+    """The identity of a ``cohort.imaging`` row (patient, study, series, instance UIDs)."""
+    uids = getattr(row, "instance_uids", ()) or ()
+    return StudyRef(str(row.patient_id), str(row.study_uid), getattr(row, "series_uid", None),
+                    tuple(str(u) for u in uids))
+
+
+def with_study_context(findings: list[Finding], row: Any, ehr: Any) -> list[Finding]:
     """The Findings with the facts of their study row (ImagingStudy id, start, body site) and the ids of
     the Observations behind their EHR inputs: what the FHIR writer needs, carried forward."""
     started = getattr(row, "started", None)
@@ -108,9 +119,7 @@ class ModelRegistry:
     @staticmethod
     def _id_of(b: Bundle) -> str:
         if not b.card:
-            from cds.models import zoo
-
-            kind = zoo.detect_zoo_bundle(b.path)
+            kind = detect_zoo_bundle(b.path)
             if kind:
                 return kind
         return b.model_id
@@ -124,52 +133,69 @@ class ModelRegistry:
         return self._bundles[model_id]
 
     def task_of(self, model_id: str) -> str:
+        """The task or kind name a model runs as (its card's ``task``, else ``kind``, else its zoo name)."""
         b = self.get(model_id)
-        return b.card.get("task") or model_id
+        return b.model_card.task or b.model_card.kind or model_id
+
+    def task_for(self, model_id: str) -> Task:
+        """The task object that runs ``model_id``: a reference task (card ``task``), a generic kind (card
+        ``kind``) or a Model Zoo adapter (a bundle without a cds card)."""
+        b = self.get(model_id)
+        card = b.model_card
+        if not b.card:
+            if model_id in ZOO_TASKS:
+                return ZOO_TASKS[model_id]
+            raise ParameterError("model", f"{model_id!r} ({b.path}) has no cds section in configs/metadata.json "
+                                          f"and is not a supported Model Zoo bundle; declare a cds.kind "
+                                          f"({', '.join(KINDS)})")
+        if card.task:
+            if card.task not in TASKS:
+                raise ParameterError("task", f"model {model_id!r} declares unknown task {card.task!r}; reference "
+                                             f"tasks: {', '.join(TASKS)} (or declare a generic cds.kind: "
+                                             f"{', '.join(KINDS)})")
+            return TASKS[card.task]
+        if card.kind not in KINDS:
+            raise ParameterError("kind", f"model {model_id!r} declares {'kind ' + repr(card.kind) if card.kind else 'neither task nor kind'}; "
+                                         f"generic kinds: {', '.join(KINDS)}")
+        return KINDS[card.kind]
 
     def list_models(self) -> pd.DataFrame:
         """One row per model: id, version, task, modality, intended use, threshold, headline metric."""
         rows = []
         for mid in self.ids():
             b = self._bundles[mid]
-            card = b.card
-            perf = (card.get("performance") or {}).get("metrics") or {}
-            head = next(iter(perf.items()), (None, None))
+            card = b.model_card
+            head, m = card.headline_metric
             rows.append({
-                "model_id": mid, "version": b.version, "task": card.get("task") or mid,
-                "modality": ",".join(card.get("modality") or []) if isinstance(card.get("modality"), list)
-                else card.get("modality"),
-                "intended_use": card.get("intended_use") or b.metadata.get("description"),
-                "threshold": card.get("threshold"), "indeterminate": card.get("indeterminate"),
-                "headline_metric": head[0], "headline_value": (head[1] or {}).get("value") if head[1] else None,
-                "headline_ci95": (head[1] or {}).get("ci95") if head[1] else None,
-                "source": "built-in" if b.path.parent == BUILTIN_DIR else ("zoo" if not card else "user"),
+                "model_id": mid, "version": b.version, "task": self.task_of(mid),
+                "modality": ",".join(card.modality) or None,
+                "intended_use": card.intended_use or b.metadata.get("description"),
+                "threshold": card.threshold, "indeterminate": list(card.indeterminate) if card.indeterminate else None,
+                "headline_metric": head, "headline_value": m.get("value"), "headline_ci95": m.get("ci95"),
+                "source": "built-in" if b.path.parent == BUILTIN_DIR else ("zoo" if not b.card else "user"),
                 "path": str(b.path),
             })
         return pd.DataFrame(rows)
 
     # -- running -------------------------------------------------------------------------------
 
-    def _eligible(self, card: dict[str, Any], imaging: pd.DataFrame) -> pd.DataFrame:
-        mods = card.get("modality")
-        if mods:
-            mods = [mods] if isinstance(mods, str) else list(mods)
-            imaging = imaging[imaging["modality"].isin(mods)]
-        return imaging
+    def _eligible(self, b: Bundle, imaging: pd.DataFrame) -> pd.DataFrame:
+        mods = b.model_card.modality
+        return imaging[imaging["modality"].isin(mods)] if mods else imaging
 
     def run(self, model_id: str, cohort: Any, studies: pd.DataFrame | None = None,
             progress: bool = False, artifacts_dir: str | Path | None = None) -> RunResult:
         """Run a model on the cohort's imaging series (or the given rows of ``cohort.imaging``).
 
-        With ``artifacts_dir``, explanation maps (GradCAM) are saved there as ``<finding id>.npy``
-        and referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them.
+        Each series: read its pixels, pull the card's EHR inputs, :meth:`run_image` (the task's
+        ``predict``) with the row's identity, then :func:`with_study_context`. With ``artifacts_dir``,
+        explanation maps (GradCAM) are saved there as ``<finding id>.npy`` and referenced from
+        ``Finding.extra["heatmap"]`` so viewers can overlay them.
         """
         from cds.images.read import read_image
 
         b = self.get(model_id)
-        card = b.card
-        task = self.task_of(model_id)
-        rows = self._eligible(card, cohort.imaging if studies is None else studies)
+        rows = self._eligible(b, cohort.imaging if studies is None else studies)
         result = RunResult()
         it = rows.itertuples(index=False)
         if progress:
@@ -180,10 +206,9 @@ class ModelRegistry:
             try:
                 if not isinstance(r.pixel_location, str) or not r.pixel_location:
                     raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                ehr = ehr_inputs_for(card, cohort, r.patient_id, r.started)
+                ehr = ehr_inputs_for(b.card, cohort, r.patient_id, r.started)
                 image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
-                found = self.run_one(b, task, image, ehr, r.patient_id, r.study_uid, r.series_uid,
-                                     tuple(r.instance_uids), artifacts_dir=artifacts_dir)
+                found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir)
                 result.findings.extend(with_study_context(found, r, ehr))
             except CdsError as exc:
                 result.failures.append(Failure(r.patient_id, r.study_uid, model_id, type(exc).__name__, str(exc),
@@ -194,38 +219,35 @@ class ModelRegistry:
                                                r.series_uid))
         return result
 
-    def run_one(self, b: Bundle, task: str, image: Any, ehr: dict[str, Any], patient_id: str, study_uid: str,
-                series_uid: str | None, instance_uids: tuple[str, ...],
-                artifacts_dir: str | Path | None = None) -> list[Any]:
-        """Run one bundle on one image (a :class:`cds.images.image.Image`) and return its Findings."""
-        if not b.card:
-            from cds.models import zoo
+    def run_image(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None = None,
+                  ref: StudyRef | None = None, artifacts_dir: str | Path | None = None) -> list[Finding]:
+        """Run one model on one :class:`cds.images.image.Image` and return its Findings.
 
-            return zoo.run_zoo_bundle(b.path, image, patient_id, study_uid, series_uid, instance_uids)
-        if task not in TASK_MODULES:
-            raise ParameterError("task", f"model {b.model_id!r} declares unknown task {task!r}")
-        mod = importlib.import_module(TASK_MODULES[task])
-        if task == "ct-lung-nodule":
-            pred = mod.predict(b, image.array, image.spacing, image.origin, image.direction)
-        elif task == "cmr-function":
-            if image.array.ndim != 4:
-                raise ModelInputError("image", f"cmr-function needs a cine short-axis stack (frames, slices, rows, "
-                                               f"cols); got an array of shape {image.array.shape}")
-            spacing = [float(s) for s in image.spacing][-3:]
-            pred = mod.predict(b, image.array, {"pixel_spacing_mm": spacing[1:], "slice_thickness_mm":
-                                                image.meta.get("slice_thickness_mm", spacing[0]),
-                                                "spacing_between_slices_mm": spacing[0]})
-        else:
-            pred = mod.predict(b, image.array, ehr)
-        findings = mod.to_findings(b, pred, patient_id, study_uid, series_uid, list(instance_uids), ehr)
-        cam = pred.get("gradcam") if isinstance(pred, dict) else None
-        if artifacts_dir is not None and cam is not None and float(np.max(cam)) > 0:
-            out = Path(artifacts_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            saved = []
-            for f in findings:
-                path = out / f"{f.id}.npy"
-                np.save(path, np.asarray(cam, dtype=np.float16))
-                saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
-            findings = saved
+        ``ehr`` holds the card's EHR inputs (by name); a declared required one that is missing raises
+        :class:`ModelInputError` naming it. ``ref`` (the cohort's identity for the series) replaces the
+        identity the image carries. With ``artifacts_dir``, the task's explanation map is saved (see :meth:`run`).
+        """
+        b = self.get(model_id)
+        task = self.task_for(model_id)
+        ehr = ehr if isinstance(ehr, EhrInputs) else EhrInputs(ehr or {})
+        for spec in b.model_card.ehr_inputs:
+            name, source = spec["name"], spec.get("source")
+            if name not in ehr and source not in ehr:
+                if spec.get("required", True):
+                    raise ModelInputError(name, f"model {model_id!r} needs EHR input {name!r} ({source})")
+                ehr[name] = None
+        findings = task.predict(b, image, ehr)
+        if ref is not None:
+            findings = ref.stamp(findings)
+        if artifacts_dir is not None and findings:
+            cam = task.explain(b, image, ehr)
+            if cam is not None and float(np.max(cam)) > 0:
+                out = Path(artifacts_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                saved = []
+                for f in findings:
+                    path = out / f"{f.id}.npy"
+                    np.save(path, np.asarray(cam, dtype=np.float16))
+                    saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
+                findings = saved
         return findings

@@ -58,13 +58,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError, ParameterError
 from cds.finding import Finding, Location
 from cds.models.bundle import BundleError
+from cds.models.task import Task, image_ref
+
+if TYPE_CHECKING:
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
 
 __all__ = [
     "ZOO_BUNDLES",
@@ -79,6 +85,8 @@ __all__ = [
     "sax_findings",
     "image_to_metatensor",
     "clear_cache",
+    "ZooTask",
+    "ZOO_TASKS",
 ]
 
 LUNG = "lung_nodule_ct_detection"
@@ -960,3 +968,19 @@ def run_zoo_bundle(
     if loaded.name == BREAST:
         return _run_breast(loaded, img, ids)
     return _run_sax(loaded, img, ids, out_dir)
+
+
+class ZooTask(Task):
+    """A downloaded MONAI Model Zoo bundle (one of :data:`ZOO_BUNDLES`), behind the same task protocol."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`run_zoo_bundle` on the bundle folder with the image's identity (the zoo models take no EHR)."""
+        ref = image_ref(image)
+        return run_zoo_bundle(bundle.path, image, ref.patient_id, ref.study_uid, ref.series_uid, ref.instance_uids)
+
+
+ZOO_TASKS: dict[str, Task] = {name: ZooTask(name) for name in ZOO_BUNDLES}
+"""Zoo bundle name -> its task object (the registry's id for such a bundle is this name)."""

@@ -1,16 +1,10 @@
-"""The reference tasks and the module implementing each (``train``, ``evaluate``, ``predict``,
-``to_findings``). Standard library only, so the CLI can list them without heavy imports.
+"""The reference tasks, one module each (``train``, ``evaluate``, ``predict``, ``to_findings`` and the
+task object ``TASK``), plus the helpers they share (``common2d``, ``lung_ct``, ``mammo``, ``phantom``).
 
->>> TASK_MODULES["pneumonia"]
-'cds.models.tasks.pneumonia'
+:data:`TASK_NAMES` is the standard-library-only list of their names, so ``cds --help`` can name them
+without importing numpy or torch; :data:`cds.models.task_table.TASKS` maps the same names to the task
+objects (a test checks the two agree).
 """
 
-TASK_MODULES: dict[str, str] = {
-    "pneumonia": "cds.models.tasks.pneumonia",
-    "cxr-cardiomegaly": "cds.models.tasks.cxr_cardiomegaly",
-    "cxr-icu": "cds.models.tasks.cxr_icu",
-    "ct-lung-nodule": "cds.models.tasks.ct_lung_nodule",
-    "mammo-density": "cds.models.tasks.mammo_density",
-    "mammo-abnormality": "cds.models.tasks.mammo_abnormality",
-    "cmr-function": "cds.models.tasks.cmr_function",
-}
+TASK_NAMES: tuple[str, ...] = ("pneumonia", "cxr-cardiomegaly", "cxr-icu", "ct-lung-nodule", "mammo-density",
+                               "mammo-abnormality", "cmr-function")

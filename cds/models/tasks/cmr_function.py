@@ -46,14 +46,22 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError, ParameterError
 from cds.models import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
+
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
 
 __all__ = [
+    "NAME",
     "TASK",
     "MODEL_ID",
     "VERSION",
@@ -74,7 +82,7 @@ __all__ = [
     "train",
 ]
 
-TASK = "cmr-function"
+NAME = "cmr-function"
 MODEL_ID = "cmr-function"
 VERSION = "1.0.0"
 
@@ -651,7 +659,7 @@ def evaluate(data_dir: str | Path, bundle_dir: str | Path | None = None, n_boot:
         notes.append(f"measurement not computed (left out of the metrics): {failures}")
     disp = display_path(data_dir)
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": disp,
@@ -663,7 +671,7 @@ def evaluate(data_dir: str | Path, bundle_dir: str | Path | None = None, n_boot:
         "cases": rows,
         "runtime_s_per_case_median": float(np.median(times)) if times else None,
         "notes": notes,
-        "evaluation_command": f"cds evaluate {TASK} --data {disp} --json",
+        "evaluation_command": f"cds evaluate {NAME} --data {disp} --json",
     }
 
 
@@ -783,7 +791,7 @@ def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) 
 
     cds_card = {
         "model_id": MODEL_ID,
-        "task": TASK,
+        "task": NAME,
         "modality": ["MR"],
         "body_site": "heart",
         "intended_use": ("Research and pipeline demonstration: LV end-diastolic / end-systolic volume, ejection "
@@ -858,7 +866,7 @@ def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) 
             "split": (f"training seeds {TRAIN_SEED_BASE}.. (+10000 per training seed); development seeds "
                       f"{DEV_SEED}..{DEV_SEED + EVAL_N - 1} (design choices); card evaluation seeds "
                       f"{EVAL_SEED}..{EVAL_SEED + EVAL_N - 1} (untouched during development): all disjoint"),
-            "training_command": f"cds train {TASK} --out cds/models/bundles/{MODEL_ID}" + (" --quick" if quick else ""),
+            "training_command": f"cds train {NAME} --out cds/models/bundles/{MODEL_ID}" + (" --quick" if quick else ""),
             "seed": seed,
             "recipe": recipe,
         },
@@ -1015,3 +1023,50 @@ def refresh_performance(bundle_dir: str | Path, eval_n: int = EVAL_N, n_boot: in
              f"(phantom version {PHANTOM_VERSION})")
     return write_performance(bundle_dir, result, data_label=label,
                              data_command=f"python -m cds.models.tasks.phantom --out <DIR> --n {eval_n} --seed {EVAL_SEED}")
+
+
+# ---------------------------------------------------------------------------------------- the task
+def cine_geometry(image: Image) -> dict[str, Any]:
+    """The geometry :func:`predict` needs, from a cine Image ``(frames, slices, rows, cols)`` whose ``spacing``
+    ends with (slice spacing, row spacing, column spacing) mm; ``meta["slice_thickness_mm"]`` when known.
+
+    >>> import numpy as np
+    >>> from cds.images.image import Image
+    >>> img = Image(np.zeros((2, 3, 8, 8)), (1.0, 10.0, 1.5, 1.5), (0.0, 0.0, 0.0), np.eye(3), "MR", {}, "cine.nii")
+    >>> cine_geometry(img)
+    {'pixel_spacing_mm': [1.5, 1.5], 'slice_thickness_mm': 10.0, 'spacing_between_slices_mm': 10.0}
+    """
+    if image.array.ndim != 4:
+        raise ModelInputError("image", f"cmr-function needs a cine short-axis stack (frames, slices, rows, cols); "
+                                       f"got an array of shape {image.array.shape} from {image.source or 'memory'}")
+    spacing = [float(s) for s in image.spacing][-3:]
+    return {"pixel_spacing_mm": spacing[1:], "slice_thickness_mm": float(image.meta.get("slice_thickness_mm", spacing[0])),
+            "spacing_between_slices_mm": spacing[0]}
+
+
+class CmrFunctionTask(TrainableTask):
+    """Cine SAX stack -> measured EDV, ESV, EF, GCS, GRS Findings."""
+
+    name = NAME
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on the cine and :func:`cine_geometry`, then :func:`to_findings`."""
+        ref = image_ref(image)
+        pred = predict(bundle, image.array, cine_geometry(image))
+        return to_findings(bundle, pred, ref.patient_id, ref.study_uid, ref.series_uid, ref.instance_uids, ehr)
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (no options; ``data_dir`` is a phantom folder)."""
+        self.check_options(options)
+        if data_dir is None:
+            raise ParameterError("data", "cmr-function evaluates on a phantom folder (cds.models.tasks.phantom)")
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot)
+
+
+TASK = CmrFunctionTask()
+"""The cmr-function task object listed in :data:`cds.models.task_table.TASKS`."""

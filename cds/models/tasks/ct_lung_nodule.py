@@ -28,8 +28,6 @@ overlap. Several candidates on one lesion count once and are not false positives
 
 Examples
 --------
->>> TASK
-'ct-lung-nodule'
 >>> _clopper_pearson(1, 1)[0] > 0.02
 True
 """
@@ -43,12 +41,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
 from cds.locations import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import display_path
 from cds.models.tasks.lung_ct import (
     CANDIDATE_FEATURES,
@@ -66,7 +65,14 @@ from cds.models.tasks.lung_ct import (
     work_volume,
 )
 
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
+
 __all__ = [
+    "NAME",
     "TASK",
     "MODEL_ID",
     "DEFAULT_BUNDLE",
@@ -78,7 +84,7 @@ __all__ = [
     "load_lesions",
 ]
 
-TASK = "ct-lung-nodule"
+NAME = "ct-lung-nodule"
 MODEL_ID = "ct-lung-nodule"
 MODEL_VERSION = "0.1.0"
 DEFAULT_BUNDLE = BUNDLES_DIR / MODEL_ID
@@ -608,7 +614,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     thr = float(card.get("threshold", 0.5))
     metrics = _metrics_at(results, thr, n_boot)
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": str(data),
@@ -894,7 +900,7 @@ def _performance_section(perf: dict[str, Any], data: Path) -> dict[str, Any]:
         "metrics": perf["metrics"],
         "froc": {"sensitivity_at_fp": perf["froc"]["sensitivity_at_fp"], "cpm": perf["froc"]["cpm"]},
         "per_series": perf["per_series"],
-        "evaluation_command": f"cds evaluate {TASK} --data {display_path(data)} --json",
+        "evaluation_command": f"cds evaluate {NAME} --data {display_path(data)} --json",
         "caveats": [
             "One series and one lesion: the exact 95 % CIs are nearly [0, 1] for sensitivity and wide for "
             "false positives; the series bootstrap collapses to a point with one series and is no "
@@ -935,7 +941,7 @@ def _card(thr: float, band: list[float], training: dict[str, Any], cfg: Detector
         },
         "cds": {
             "model_id": MODEL_ID,
-            "task": TASK,
+            "task": NAME,
             "modality": ["CT"],
             "body_site": "chest",
             "intended_use": ("Research and teaching reference: propose lung nodule / mass candidates on a chest CT "
@@ -1036,3 +1042,31 @@ def _readme(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- the task
+class LungNoduleTask(TrainableTask):
+    """CT series -> nodule / mass box Findings in LPS mm."""
+
+    name = NAME
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on the volume and its geometry, then :func:`to_findings`; each box names the
+        SOP Instance UIDs of the slices it spans (``image.meta["sop_instance_uids"]``, in slice order)."""
+        ref = image_ref(image)
+        cands = predict(bundle, image.array, image.spacing, image.origin, image.direction)
+        return to_findings(bundle, cands, ref.patient_id, ref.study_uid, ref.series_uid, ref.instance_uids, ehr)
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (no options)."""
+        self.check_options(options)
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot)
+
+
+TASK = LungNoduleTask()
+"""The ct-lung-nodule task object listed in :data:`cds.models.task_table.TASKS`."""

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError
 from cds.models import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
     SNOMED,
     DataLayoutError,
@@ -59,9 +60,15 @@ from cds.models.tasks.common2d import (
     write_performance,
 )
 
-__all__ = ["TASK", "train", "evaluate", "predict", "to_findings", "load_labels", "tabular_inputs"]
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
 
-TASK = "cxr-cardiomegaly"
+__all__ = ["NAME", "TASK", "train", "evaluate", "predict", "to_findings", "load_labels", "tabular_inputs"]
+
+NAME = "cxr-cardiomegaly"
 MODEL_ID = "cxr-cardiomegaly"
 VERSION = "1.0.0"
 DATA_SET = "nih-cxr14-thumbs64"
@@ -159,7 +166,7 @@ def _card(root: Path, df: Any, split: Any, threshold: float, band: list[float], 
               for s in ("train", "val", "test")}
     cds = {
         "model_id": MODEL_ID,
-        "task": TASK,
+        "task": NAME,
         "modality": ["CR", "DX"],
         "body_site": "chest",
         "intended_use": ("Research demonstration: ranks adult frontal chest radiographs by the probability that "
@@ -385,7 +392,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     if y.sum() < 10:
         notes.append(f"Only {int(y.sum())} positive images: every estimate here is very uncertain.")
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": display_path(root),
@@ -443,3 +450,34 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
         explanation="64x64 CNN + age + sex trained on NLP-mined NIH labels (proxy, not echo-confirmed); "
                     "GradCAM shows the image regions that raised the score",
         extra=extra)
+
+
+# ---------------------------------------------------------------------------------------- the task
+class CardiomegalyTask(TrainableTask):
+    """CXR + age + sex -> one Cardiomegaly Finding, with GradCAM."""
+
+    name = NAME
+    evaluate_options = ("split",)
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on ``image.array`` then :func:`to_findings` with the image's identity."""
+        ref = image_ref(image)
+        return to_findings(bundle, predict(bundle, image.array, ehr), ref.patient_id, ref.study_uid,
+                           ref.series_uid, ref.instance_uids, ehr)
+
+    def explain(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> np.ndarray | None:
+        """The GradCAM map of :func:`predict` on the image's grid."""
+        return predict(bundle, image.array, ehr)["gradcam"]
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (options: split)."""
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+
+TASK = CardiomegalyTask()
+"""The cxr-cardiomegaly task object listed in :data:`cds.models.task_table.TASKS`."""

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError
 from cds.models import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
     LOINC,
     SNOMED,
@@ -65,9 +66,15 @@ from cds.models.tasks.common2d import (
     write_performance,
 )
 
-__all__ = ["TASK", "LABS", "train", "evaluate", "predict", "to_findings", "load_cohort", "image_features"]
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
 
-TASK = "cxr-icu"
+__all__ = ["NAME", "TASK", "LABS", "train", "evaluate", "predict", "to_findings", "load_cohort", "image_features"]
+
+NAME = "cxr-icu"
 MODEL_ID = "cxr-icu"
 VERSION = "1.0.0"
 DATA_SET = "hannover-covid19-cxr"
@@ -328,7 +335,7 @@ def _card(root: Path, info: dict[str, Any], cohort: Any, labs_used: list[str], a
     n, n_pos = int(len(cohort)), int(cohort["icu"].sum())
     cds = {
         "model_id": MODEL_ID,
-        "task": TASK,
+        "task": NAME,
         "modality": ["CR", "DX"],
         "body_site": "chest",
         "prognostic": True,
@@ -541,7 +548,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     if y.sum() < 10:
         notes.append(f"Only {int(y.sum())} ICU patients: every estimate is very uncertain.")
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": display_path(root),
@@ -621,3 +628,30 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
         bundle, pred["probability"], patient_id, study_uid, series_uid, instance_uids,
         ehr_inputs if ehr_inputs is not None else pred.get("ehr_used"), explanation=expl,
         extra={"contributions": pred.get("contributions", {}), "image_features": pred.get("image_features", {})})
+
+
+# ---------------------------------------------------------------------------------------- the task
+class IcuAdmissionTask(TrainableTask):
+    """First CXR + labs -> one prognostic ICU-admission Finding."""
+
+    name = NAME
+    evaluate_options = ("split", "seed")
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on ``image.array`` then :func:`to_findings` with the image's identity."""
+        ref = image_ref(image)
+        return to_findings(bundle, predict(bundle, image.array, ehr), ref.patient_id, ref.study_uid,
+                           ref.series_uid, ref.instance_uids, ehr)
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (options: split, seed)."""
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+
+TASK = IcuAdmissionTask()
+"""The cxr-icu task object listed in :data:`cds.models.task_table.TASKS`."""

@@ -28,16 +28,24 @@ Examples
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError, ParameterError
 from cds.locations import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks import mammo
 from cds.models.tasks.common2d import default_data_dir, display_path, round_metric
 
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
+
 __all__ = [
+    "NAME",
     "TASK",
     "MODEL_ID",
     "FEATURE_NAMES",
@@ -52,7 +60,7 @@ __all__ = [
     "to_findings",
 ]
 
-TASK = "mammo-abnormality"
+NAME = "mammo-abnormality"
 MODEL_ID = "mammo-abnormality"
 MODEL_VERSION = "0.1.0"
 DATA_SET = "mini-mias"
@@ -213,7 +221,7 @@ def _dataset(data_dir: str | Path, limit_women: int | None = None) -> dict[str, 
         keep = sorted(images["woman"].unique())[:limit_women]
         images = images[images["woman"].isin(keep)].reset_index(drop=True)
     out: dict[str, Any] = {"images": [], "X": [], "hit": [], "img_index": [], "lesions": []}
-    for k, r in enumerate(tqdm(list(images.itertuples()), desc=f"{TASK} candidates", disable=None)):
+    for k, r in enumerate(tqdm(list(images.itertuples()), desc=f"{NAME} candidates", disable=None)):
         path = mammo.image_path(data_dir, r.REFNUM)
         img = mammo.read_mammogram(path)
         lat = getattr(r, "laterality", None)
@@ -362,7 +370,7 @@ def _card(root: Path, ds: dict[str, Any], C: float, Cs: Any, threshold: float, q
         },
         "cds": {
             "model_id": MODEL_ID,
-            "task": TASK,
+            "task": NAME,
             "modality": ["MG"],
             "body_site": "breast",
             "intended_use": (
@@ -577,7 +585,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     notes.append(f"Only {len(set(wi))} women and {int(les_keep.sum())} marked abnormalities: "
                  "every estimate here is very uncertain.")
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": display_path(root),
@@ -598,7 +606,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "bootstrap": {"n_boot": int(n_boot), "unit": "woman", "seed": seed, "method": "percentile"},
         "notes": notes,
         "excluded": excluded,
-        "evaluation_command": f"cds evaluate {TASK} --data {display_path(root)} --json",
+        "evaluation_command": f"cds evaluate {NAME} --data {display_path(root)} --json",
         "cases": [{"refnum": ds["images"][k]["refnum"], "woman": str(ds["images"][k]["woman"]),
                    "abnormal": bool(ds["images"][k]["abnormal"]), "image_score": round(float(s), 4),
                    "n_called": int((called & (ds["img_index"] == k)).sum())}
@@ -626,7 +634,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None) ->
     out = [{"row": float(cands["rc_original"][i, 0]), "col": float(cands["rc_original"][i, 1]),
             "radius": float(cands["radius_original"][i]), "score": float(s[i]), "called": bool(s[i] >= t)}
            for i in order]
-    return {"task": TASK, "model_id": b.model_id, "model_version": b.version, "candidates": out,
+    return {"task": NAME, "model_id": b.model_id, "model_version": b.version, "candidates": out,
             "image_score": float(s.max()) if len(s) else 0.0, "threshold": t,
             "n_called": int((s >= t).sum()), "chest_wall": region.chest_wall,
             "pectoral_found": bool(region.pectoral.any())}
@@ -662,3 +670,30 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
             explanation=f"candidate {rank}: bright blob, radius ~{c['radius']:.0f} px",
             extra={"level": "candidate", "rank": rank, "radius_px": c["radius"]}, **common))
     return out
+
+
+# ---------------------------------------------------------------------------------------- the task
+class MammoAbnormalityTask(TrainableTask):
+    """MLO mammogram -> suspicious-region Findings."""
+
+    name = NAME
+    evaluate_options = ()
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on ``image.array`` then :func:`to_findings` with the image's identity."""
+        ref = image_ref(image)
+        return to_findings(bundle, predict(bundle, image.array, ehr), ref.patient_id, ref.study_uid,
+                           ref.series_uid, ref.instance_uids, ehr)
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (options: none)."""
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+
+TASK = MammoAbnormalityTask()
+"""The mammo-abnormality task object listed in :data:`cds.models.task_table.TASKS`."""

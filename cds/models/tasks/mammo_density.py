@@ -22,16 +22,24 @@ True
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.errors import ModelInputError, ParameterError
 from cds.locations import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks import mammo
 from cds.models.tasks.common2d import default_data_dir, display_path, round_metric
 
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
+
 __all__ = [
+    "NAME",
     "TASK",
     "MODEL_ID",
     "CLASSES",
@@ -46,7 +54,7 @@ __all__ = [
     "to_findings",
 ]
 
-TASK = "mammo-density"
+NAME = "mammo-density"
 MODEL_ID = "mammo-density"
 MODEL_VERSION = "0.1.0"
 CLASSES = ("F", "G", "D")
@@ -149,7 +157,7 @@ def _dataset(data_dir: str | Path, limit_women: int | None = None) -> dict[str, 
         rows = rows[rows["woman"].isin(keep)].reset_index(drop=True)
     feats, hashes, excluded = [], [], []
     labels, women, refs = [], [], []
-    for r in tqdm(list(rows.itertuples()), desc=f"{TASK} features", disable=None):
+    for r in tqdm(list(rows.itertuples()), desc=f"{NAME} features", disable=None):
         path = mammo.image_path(data_dir, r.REFNUM)
         img = mammo.read_mammogram(path)
         lat = getattr(r, "laterality", None)
@@ -268,7 +276,7 @@ def _card(data_dir: Path, n: int, n_women: int, C: float, Cs: Any, quick: bool, 
         },
         "cds": {
             "model_id": MODEL_ID,
-            "task": TASK,
+            "task": NAME,
             "modality": ["MG"],
             "body_site": "breast",
             "intended_use": (
@@ -383,7 +391,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     if len(set(women)) < 30:
         notes.append(f"Only {len(set(women))} women: every estimate here is very uncertain.")
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": display_path(root),
@@ -399,7 +407,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "bootstrap": {"n_boot": int(n_boot), "unit": "woman", "seed": seed, "method": "percentile"},
         "notes": notes,
         "excluded": excluded,
-        "evaluation_command": f"cds evaluate {TASK} --data {display_path(root)} --json",
+        "evaluation_command": f"cds evaluate {NAME} --data {display_path(root)} --json",
         "cases": [{"refnum": r, "woman": str(w), "label": CLASSES[t], "pred": CLASSES[p],
                    "probabilities": {c: round(float(x), 4) for c, x in zip(CLASSES, pr, strict=True)}}
                   for r, w, t, p, pr in zip(refs, women, y, pred, probs, strict=True)],
@@ -429,7 +437,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None) ->
     p = mammo.linear_proba(W, bb, x[None])[0]
     k = int(np.argmax(p))
     return {
-        "task": TASK, "model_id": b.model_id, "model_version": b.version,
+        "task": NAME, "model_id": b.model_id, "model_version": b.version,
         "class": CLASSES[k], "display": DISPLAYS[CLASSES[k]], "probability": float(p[k]),
         "probabilities": {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
         "features": {n: float(v) for n, v in zip(FEATURE_NAMES, x, strict=True)},
@@ -462,3 +470,30 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
         extra={"class_probabilities": pred["probabilities"], "kind": "classification",
                "chest_wall": pred.get("chest_wall"), "pectoral_found": pred.get("pectoral_found")},
     )]
+
+
+# ---------------------------------------------------------------------------------------- the task
+class MammoDensityTask(TrainableTask):
+    """MLO mammogram -> one MIAS background-tissue Finding."""
+
+    name = NAME
+    evaluate_options = ()
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on ``image.array`` then :func:`to_findings` with the image's identity."""
+        ref = image_ref(image)
+        return to_findings(bundle, predict(bundle, image.array, ehr), ref.patient_id, ref.study_uid,
+                           ref.series_uid, ref.instance_uids, ehr)
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (options: none)."""
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+
+TASK = MammoDensityTask()
+"""The mammo-density task object listed in :data:`cds.models.task_table.TASKS`."""

@@ -14,19 +14,21 @@ Commands::
 Python::
 
     >>> from cds.models.tasks import pneumonia
-    >>> pneumonia.TASK
-    'pneumonia'
+    >>> from cds.models.task_table import TASKS
+    >>> TASKS["pneumonia"] is pneumonia.TASK
+    True
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cds.models import BUNDLES_DIR
+from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
     SNOMED,
     DataLayoutError,
@@ -46,9 +48,15 @@ from cds.models.tasks.common2d import (
     youden_threshold,
 )
 
-__all__ = ["TASK", "train", "evaluate", "predict", "to_findings", "load_split"]
+if TYPE_CHECKING:
+    from cds.finding import Finding
+    from cds.images.image import Image
+    from cds.models.bundle import Bundle
+    from cds.models.ehr_inputs import EhrInputs
 
-TASK = "pneumonia"
+__all__ = ["NAME", "TASK", "train", "evaluate", "predict", "to_findings", "load_split"]
+
+NAME = "pneumonia"
 MODEL_ID = "pneumonia"
 VERSION = "1.0.0"
 DATA_SET = "medmnist"
@@ -121,7 +129,7 @@ def _card(path: Path, n: int, n_fit: int, n_tune: int, n_pos: int, threshold: fl
           epochs: int, seed: int, quick: bool) -> dict[str, Any]:
     cds = {
         "model_id": MODEL_ID,
-        "task": TASK,
+        "task": NAME,
         "modality": ["CR", "DX"],
         "body_site": "chest",
         "intended_use": ("Demonstration and pipeline testing only: flags pneumonia on a frontal pediatric chest "
@@ -246,7 +254,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         notes.append("Only one class present: AUROC and one of sensitivity/specificity are undefined.")
     disp = display_path(path.parent if path.name == DATA_FILE else path)
     return {
-        "task": TASK,
+        "task": NAME,
         "model_id": b.model_id,
         "model_version": b.version,
         "data": display_path(path),
@@ -296,3 +304,34 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
         explanation="28x28 demo CNN (PneumoniaMNIST, pediatric); GradCAM shows the image regions that raised "
                     "the score",
         extra=extra)
+
+
+# ---------------------------------------------------------------------------------------- the task
+class PneumoniaTask(TrainableTask):
+    """PneumoniaMNIST demo CNN: one Pneumonia Finding per frontal radiograph, with GradCAM."""
+
+    name = NAME
+    evaluate_options = ("split",)
+
+    def predict(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> list[Finding]:
+        """:func:`predict` on ``image.array`` then :func:`to_findings` with the image's identity."""
+        ref = image_ref(image)
+        return to_findings(bundle, predict(bundle, image.array, ehr, gradcam=True), ref.patient_id, ref.study_uid,
+                           ref.series_uid, ref.instance_uids, ehr)
+
+    def explain(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> np.ndarray | None:
+        """The GradCAM map of :func:`predict` on the image's grid."""
+        return predict(bundle, image.array, ehr)["gradcam"]
+
+    def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
+        """:func:`train`."""
+        return train(data_dir, out_dir, seed=seed, quick=quick)
+
+    def evaluate(self, data_dir: str | Path | None, *, bundle_dir: str | Path | None = None, n_boot: int = 2000,
+                 **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` (options: split)."""
+        return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+
+TASK = PneumoniaTask()
+"""The pneumonia task object listed in :data:`cds.models.task_table.TASKS`."""

@@ -1,0 +1,143 @@
+"""The typed model card: the ``cds`` section of a bundle's ``configs/metadata.json``, parsed once.
+
+:class:`ModelCard` is what code reads (``bundle.model_card.threshold``) instead of digging in the raw
+dict; a malformed card fails here, once, with a :class:`cds.models.bundle.BundleError` naming the file
+and the key. The keys are documented in :mod:`cds.models.bundle`.
+
+>>> card = ModelCard.from_dict({"model_id": "toy", "task": "toy", "modality": "CR", "threshold": 0.5,
+...                             "indeterminate": [0.4, 0.6],
+...                             "outputs": [{"code_system": "http://snomed.info/sct", "code": "8186001",
+...                                          "display": "Cardiomegaly"}]})
+>>> card.modality, card.indeterminate, card.outputs[0].display, card.outputs[0].channel
+(('CR',), (0.4, 0.6), 'Cardiomegaly', 0)
+>>> ModelCard.from_dict({"threshold": "high"}, where="x/metadata.json")
+Traceback (most recent call last):
+...
+cds.models.bundle.BundleError: x/metadata.json: cds.threshold: expected a number, got 'high'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelCard", "OutputSpec"]
+
+
+def _error(where: str, key: str, reason: str) -> Exception:
+    from cds.models.bundle import BundleError
+
+    return BundleError(f"{where}: cds.{key}: {reason}")
+
+
+def _number(d: dict[str, Any], key: str, where: str) -> float | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _error(where, key, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _band(d: dict[str, Any], where: str) -> tuple[float, float] | None:
+    v = d.get("indeterminate")
+    if v is None:
+        return None
+    if (not isinstance(v, list | tuple) or len(v) != 2
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v) or v[0] > v[1]):
+        raise _error(where, "indeterminate", f"expected [low, high] with low <= high, got {v!r}")
+    return float(v[0]), float(v[1])
+
+
+def _texts(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    return (str(v),) if isinstance(v, str) else tuple(str(x) for x in v)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One coded output of a model: the concept a Finding carries, and the network channel it reads."""
+
+    code_system: str
+    code: str
+    display: str
+    kind: str = "probability"
+    channel: int = 0
+    unit: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, index: int, where: str) -> OutputSpec:
+        """Parse ``outputs[index]``; ``channel`` defaults to ``index``."""
+        if not isinstance(d, dict):
+            raise _error(where, f"outputs[{index}]", f"expected an object, got {d!r}")
+        missing = [k for k in ("code_system", "code", "display") if not d.get(k)]
+        if missing:
+            raise _error(where, f"outputs[{index}]", f"missing {', '.join(missing)}")
+        channel = d.get("channel", index)
+        if isinstance(channel, bool) or not isinstance(channel, int) or channel < 0:
+            raise _error(where, f"outputs[{index}].channel", f"expected a channel index >= 0, got {channel!r}")
+        return cls(str(d["code_system"]), str(d["code"]), str(d["display"]), str(d.get("kind", "probability")),
+                   channel, d.get("unit"))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The ``cds`` section of ``metadata.json`` (see :mod:`cds.models.bundle` for every key)."""
+
+    model_id: str | None = None
+    task: str | None = None
+    kind: str | None = None
+    modality: tuple[str, ...] = ()
+    body_site: Any = None
+    threshold: float | None = None
+    indeterminate: tuple[float, float] | None = None
+    outputs: tuple[OutputSpec, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    intended_use: str | None = None
+    proxy_for: str | None = None
+    limitations: tuple[str, ...] = ()
+    prognostic: bool = False
+    training_data: dict[str, Any] = field(default_factory=dict)
+    performance: dict[str, Any] = field(default_factory=dict)
+    weights: str = "model.pt"
+    activation: str | None = None
+    max_detections: int = 20
+
+    @property
+    def ehr_inputs(self) -> list[dict[str, Any]]:
+        """The declared EHR inputs (``inputs.ehr``): name, source, window_days, required, ..."""
+        return list(self.inputs.get("ehr") or [])
+
+    @property
+    def headline_metric(self) -> tuple[str | None, dict[str, Any]]:
+        """The first performance metric (name, {value, ci95, ...}), or (None, {})."""
+        metrics = self.performance.get("metrics") or {}
+        name = next(iter(metrics), None)
+        return name, (metrics.get(name) or {}) if name else {}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "configs/metadata.json") -> ModelCard:
+        """Parse a card section; an empty or missing one (a foreign bundle) gives an empty card."""
+        d = dict(d or {})
+        if not isinstance(d.get("inputs", {}), dict):
+            raise _error(where, "inputs", f"expected an object, got {d['inputs']!r}")
+        outputs = d.get("outputs") or []
+        if not isinstance(outputs, list):
+            raise _error(where, "outputs", f"expected a list, got {outputs!r}")
+        act = d.get("activation")
+        if act not in (None, "softmax", "sigmoid"):
+            raise _error(where, "activation", f"expected 'softmax' or 'sigmoid', got {act!r}")
+        max_det = d.get("max_detections", 20)
+        if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
+            raise _error(where, "max_detections", f"expected a whole number >= 1, got {max_det!r}")
+        return cls(
+            model_id=d.get("model_id"), task=d.get("task"), kind=d.get("kind"),
+            modality=_texts(d.get("modality")), body_site=d.get("body_site"),
+            threshold=_number(d, "threshold", where), indeterminate=_band(d, where),
+            outputs=tuple(OutputSpec.from_dict(o, i, where) for i, o in enumerate(outputs)),
+            inputs=dict(d.get("inputs") or {}), intended_use=d.get("intended_use"), proxy_for=d.get("proxy_for"),
+            limitations=_texts(d.get("limitations")), prognostic=bool(d.get("prognostic", False)),
+            training_data=dict(d.get("training_data") or {}), performance=dict(d.get("performance") or {}),
+            weights=str(d.get("weights", "model.pt")), activation=act, max_detections=max_det,
+        )
