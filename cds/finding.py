@@ -31,15 +31,54 @@ LocationKind = Literal["point", "box", "mask"]
 __all__ = ["Finding", "Failure", "Location", "interpret", "EXTRA_KEYS"]
 
 EXTRA_KEYS: dict[str, str] = {
+    # explanation
     "heatmap": "path of a saved explanation map (.npy, float16, the image's grid) for viewer overlays",
-    "centre_lps": "centre of a detected region in patient LPS mm [x, y, z] (lung and mammography detectors)",
+    "gradcam_peak_pixel": "[row, col] of the GradCAM maximum (pneumonia, cxr-cardiomegaly)",
+    "gradcam_layer": "name of the layer GradCAM was computed at",
+    "contributions": "{feature: standardised value x weight} of a linear model's score (cxr-icu)",
+    "image_features": "{name: value} of the image features a model used (cxr-icu)",
+    "proxy_for": "what the model's label stands in for (cxr-cardiomegaly: echo-confirmed LV abnormality)",
+    # classification
+    "class_probabilities": "{class label: probability} of a multi-class model",
+    "activation": "how class outputs were turned into probabilities when they need not sum to 1 (zoo breast)",
+    "dense": "whether the BI-RADS category is dense (C or D) (zoo breast density)",
+    # detection: boxes and points (the box itself is Finding.location)
+    "centre_lps": "centre of a detected region in patient LPS mm [x, y, z] (ct-lung-nodule, zoo lung, box-detection)",
+    "box_voxel": "the box in voxel indices [k0, j0, i0, k1, j1, i1] (ct-lung-nodule)",
+    "size_mm": "box edge lengths in mm [x, y, z] (zoo lung)",
     "diameter_mm": "longest diameter of a detected region in mm",
     "volume_ml": "volume of a detected or segmented region in mL",
-    "class_probabilities": "{class label: probability} of a multi-class model",
+    "rank": "rank of a detection among the image's detections (1 = highest score)",
+    "label": "the detector's class label index of a box (zoo lung)",
+    "box_source": "how the box was derived from the network output (zoo lung)",
+    "level": "'image' (the image-level score) or 'candidate' (one region) (mammo-abnormality)",
+    "n_called": "number of candidate regions at or above the threshold in the image (mammo-abnormality)",
+    "radius_px": "radius of a candidate region in pixels (mammo-abnormality)",
     "body_site": "a body-site text or {code_system, code, display} more specific than the model card's",
-    "measurement": "name of the measurement of a measured Finding (cmr-function: edv, esv, ef, strain)",
-    "per_slice": "per-slice values behind a measurement (cmr-function)",
-    "candidate_rank": "rank of a detection among the study's candidates (1 = highest score)",
+    # mammography image facts
+    "chest_wall": "side of the image the chest wall was found on ('left' / 'right')",
+    "pectoral_found": "whether the pectoral muscle was found and removed (mammo-density)",
+    # segmentation measurements (zoo ventricular)
+    "label_value": "the label value of the structure in the segmentation",
+    "area_mm2": "the structure's area per plane (slice or frame) in mm^2",
+    "pixel_spacing_mm": "[row, col] pixel spacing the areas were computed with",
+    "slice_spacing_mm": "slice spacing a volume was computed with",
+    "frame_index_of_largest": "the frame (or slice) with the largest area",
+    "fractional_area_change": "(max - min) / max area over the frames of a cine plane",
+    # cardiac function (cmr-function, zoo ventricular cine)
+    "ef_category": "'reduced' / 'indeterminate' / 'not reduced' ejection fraction against the band below",
+    "reduced_below_pct": "EF (%) below which the EF counts as reduced",
+    "indeterminate_pct": "[low, high] EF (%) band reported as indeterminate",
+    "ed_frame": "index of the end-diastolic frame",
+    "es_frame": "index of the end-systolic frame",
+    "mid_slices": "indices of the mid-ventricular slices strain was measured on",
+    "warnings": "list of texts: what made the measurement less reliable",
+    "validation": "what the measurement was validated on (cmr-function: synthetic phantoms only)",
+    "lv_volumes_ml": "LV blood-pool volume per frame in mL (zoo ventricular cine)",
+    "rv_volumes_ml": "RV blood-pool volume per frame in mL (zoo ventricular cine)",
+    "slice_positions_mm": "position of each slice along the slice normal in mm",
+    "segmentation": "which segmentation model the measurements came from",
+    "mask_files": "paths of the label masks written (NIfTI), one per slice",
 }
 """Documented keys of :attr:`Finding.extra`: writers and viewers read only these (other keys are
 carried but never interpreted). A key not listed here is a bug to fix in the producing model."""

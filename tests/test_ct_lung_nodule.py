@@ -201,7 +201,7 @@ def test_shipped_bundle_card() -> None:
 
     b = load_bundle(M.DEFAULT_BUNDLE)
     c = b.card
-    assert c["task"] == M.TASK and c["model_id"] == "ct-lung-nodule"
+    assert c["task"] == M.TASK.name == b.model_card.task and c["model_id"] == "ct-lung-nodule"
     assert c["outputs"][0]["code"] == "27925004"
     lo, hi = c["indeterminate"]
     assert 0.0 < lo <= c["threshold"] <= hi < 1.0

@@ -571,7 +571,7 @@ def lung_box_findings(
             series_uid=series_uid, instance_uids=tuple(str(u) for u in instance_uids),
             explanation=(f"RetinaNet box score {scores[i]:.3f} (the bundle keeps boxes scoring >= {score_thresh:g}); "
                          f"box {size[0]:.1f} x {size[1]:.1f} x {size[2]:.1f} mm"),
-            extra={"rank": rank + 1, "center_lps_mm": [round(float(c), 3) for c in centre],
+            extra={"rank": rank + 1, "centre_lps": [round(float(c), 3) for c in centre],
                    "size_mm": [round(float(s), 3) for s in size],
                    "label": int(labels[i]) if labels is not None else 0,
                    "box_source": "zoo post-processing, world cccwhd (LPS) -> corners"},

@@ -467,7 +467,7 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
         explanation=(f"MIAS background tissue {DISPLAYS[pred['class']]} (p={pred['probability']:.2f}); "
                      "features: " + ", ".join(f"{k}={v:.2f}" for k, v in (pred.get("features") or {}).items()
                                               if k in ("dense_fraction_otsu", "p90", "glcm_contrast"))),
-        extra={"class_probabilities": pred["probabilities"], "kind": "classification",
+        extra={"class_probabilities": pred["probabilities"],
                "chest_wall": pred.get("chest_wall"), "pectoral_found": pred.get("pectoral_found")},
     )]
 
