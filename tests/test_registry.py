@@ -120,8 +120,29 @@ def test_gradcam_maps_are_saved_as_artifacts(cohort: cds.Cohort, tmp_path: Path)
     rows = cohort.imaging.dropna(subset=["pixel_location"]).head(6)
     result = reg.run("pneumonia", cohort, rows, artifacts_dir=tmp_path)
     with_maps = [f for f in result.findings if "heatmap" in f.extra]
+    assert result.failures == [] and len(result.findings) == len(rows)
+    assert with_maps, "no GradCAM map was saved for any of the radiographs"
     for f in with_maps:
         cam = np.load(f.extra["heatmap"])
         assert cam.max() > 0 and cam.ndim == 2
     # a map that is zero everywhere (nothing raised the score) is not saved
     assert len(with_maps) == len(list(tmp_path.glob("*.npy")))
+
+
+def test_every_model_runs_through_a_task_object(tmp_path: Path) -> None:
+    from cds.models.task_table import TASKS
+    from cds.models.zoo import ZOO_TASKS
+    from tests.zoo_fixtures import write_zoo_bundle
+
+    write_zoo_bundle("ventricular_short_axis_3label", tmp_path, folder="heart")
+    user = tmp_path / "bad"
+    shutil.copytree(BUILTIN_DIR / "pneumonia", user / "renamed")
+    meta = json.loads((user / "renamed" / "configs" / "metadata.json").read_text())
+    meta["cds"].update(model_id="renamed", task="pneumonia-v2")
+    (user / "renamed" / "configs" / "metadata.json").write_text(json.dumps(meta))
+    reg = ModelRegistry(user_dirs=[tmp_path, user])
+    for mid in BUILTIN:
+        assert reg.task_for(mid) is TASKS[mid]
+    assert reg.task_for("ventricular_short_axis_3label") is ZOO_TASKS["ventricular_short_axis_3label"]
+    with pytest.raises(ParameterError, match="^task: model 'renamed' declares unknown task 'pneumonia-v2'"):
+        reg.task_for("renamed")

@@ -20,7 +20,7 @@ from cds.images.nifti import read_nifti, write_nifti
 from cds.images.read import read_image
 from cds.models import zoo
 from cds.models.bundle import BundleError
-from tests.zoo_fixtures import CONFIGS, torchvision_available, write_zoo_bundle
+from tests.zoo_fixtures import torchvision_available, write_zoo_bundle
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -83,14 +83,16 @@ def test_detect_by_metadata_not_folder_name(tmp_path: Path, bundles: dict[str, P
     assert zoo.detect_zoo_bundle(tmp_path / "empty") is None
 
 
-def test_fixture_configs_have_the_zoo_structure() -> None:
-    for name, (meta, inference) in CONFIGS.items():
-        assert zoo._identify(meta) == name
-        for key in ("network_def", "preprocessing", "postprocessing", "device", "bundle_root"):
-            assert key in inference, (name, key)
-    assert CONFIGS[LUNG][1]["network_def"]["_target_"] == "RetinaNet"
-    assert CONFIGS[BREAST][1]["network_def"]["model_name"] == "inception_v3"
-    assert CONFIGS[SAX][1]["inferer"]["_target_"] == "SliceInferer"
+def test_the_adapter_runs_the_configs_own_steps_without_file_io(bundles: dict[str, Path]) -> None:
+    """cds instantiates the bundle's own preprocessing (minus LoadImage), inferer and postprocessing (minus SaveImage)."""
+    loaded = zoo._loaded(bundles[SAX], "cpu")
+    inference = json.loads((bundles[SAX] / "configs" / "inference.json").read_text())
+    wanted = [t["_target_"] for t in inference["preprocessing"]["transforms"] if "LoadImage" not in t["_target_"]]
+    assert [type(t).__name__ for t in loaded.pre] == wanted and wanted
+    post = [t["_target_"] for t in inference["postprocessing"]["transforms"] if "SaveImage" not in t["_target_"]]
+    assert [type(t).__name__ for t in loaded.post] == post
+    assert type(loaded.inferer).__name__ == inference["inferer"]["_target_"]
+    assert loaded.network is not None and not loaded.network.training
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -357,29 +359,42 @@ def test_sax_bundle_stack_and_mask_file(bundles: dict[str, Path], tmp_path: Path
             assert f.location.kind == "mask" and f.location.ref == str(tmp_path / f"{IDS['series_uid']}_{SAX}.nii.gz")
 
 
-def test_sax_cine_frames_give_areas(bundles: dict[str, Path]) -> None:
-    found = zoo.run_zoo_bundle(bundles[SAX], _sax(n=5, axis0="frame"), **IDS)
-    lv = found[0]
-    assert lv.unit == "mm2" and len(lv.extra["area_mm2"]) == 5
-    assert lv.value == pytest.approx(max(lv.extra["area_mm2"]))
-    if max(lv.extra["area_mm2"]) > 0:
-        assert 0 <= lv.extra["fractional_area_change"] <= 1
-
-
-def test_sax_label_orientation_with_a_threshold_network(bundles: dict[str, Path], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Labels come back on the input's own pixels (transposes and Invertd undone), checked with a 1x1 conv."""
+def _threshold_sax(bundles: dict[str, Path], folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the SAX bundle whose network labels LV pool (1) where the scaled intensity > 0.5."""
     conv = torch.nn.Conv2d(1, 4, 1)
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
         conv.weight[1, 0] = 20.0
-        conv.bias[1] = -10.0  # class 1 where the scaled intensity > 0.5
-    folder = tmp_path / "sax"
+        conv.bias[1] = -10.0
     shutil.copytree(bundles[SAX], folder)
     torch.save(conv.state_dict(), folder / "models" / "model.pt")
     monkeypatch.setattr(zoo, "_build_network", lambda parser, path, name: conv)
     zoo.clear_cache()
+    return folder
+
+
+def test_sax_cine_frames_give_areas(bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _threshold_sax(bundles, tmp_path / "sax", monkeypatch)
+    img = _sax(n=5, axis0="frame")
+    img.array[:] = 0
+    sides = [20, 16, 12, 16, 20]  # a bright square that shrinks and grows over the frames
+    for f, side in enumerate(sides):
+        img.array[f, 10:10 + side, 20:20 + side] = 100
+    try:
+        lv = zoo.run_zoo_bundle(folder, img, **IDS)[0]
+    finally:
+        zoo.clear_cache()
+    areas = [side * side * 1.5 * 1.25 for side in sides]
+    assert lv.unit == "mm2" and lv.extra["area_mm2"] == pytest.approx(areas)
+    assert lv.value == pytest.approx(max(areas)) and lv.extra["frame_index_of_largest"] == 0
+    assert lv.extra["fractional_area_change"] == pytest.approx((max(areas) - min(areas)) / max(areas), abs=1e-4)
+
+
+def test_sax_label_orientation_with_a_threshold_network(bundles: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels come back on the input's own pixels (transposes and Invertd undone), checked with a 1x1 conv."""
+    folder = _threshold_sax(bundles, tmp_path / "sax", monkeypatch)
     img = _sax(n=3, rows=60, cols=80)
     img.array[:] = 0
     img.array[1, 5:25, 40:70] = 100  # a 20 x 30 bright rectangle on slice 1 only
