@@ -1,19 +1,17 @@
-"""Reference models of cds, one module per task, each shipping a MONAI bundle under ``cds/models/bundles/``.
+"""Models: MONAI bundle folders (:mod:`cds.models.bundle`) run by one task protocol (:mod:`cds.models.task`).
 
-Every task module exposes the same functions, so the CLI can wire ``cds train TASK`` and
-``cds evaluate TASK``:
-
-- ``TASK``: the task name (``"pneumonia"``, ``"cxr-cardiomegaly"``, ``"cxr-icu"``, ...)
-- ``train(data_dir, out_dir, seed=0, epochs=..., quick=False) -> Path``: write the bundle folder,
-  its model card included, and fill the card's performance section by running ``evaluate``.
-- ``evaluate(data_dir, bundle_dir=None, n_boot=2000, ...) -> dict``: metrics with 95 % bootstrap CIs.
-- ``predict(bundle, image_array, ehr) -> dict`` for one case and ``to_findings(...)`` to turn the
-  prediction into :class:`cds.finding.Finding` records.
+- :mod:`cds.models.registry`: which models are available (built-in ``cds/models/bundles/``, yours in
+  ``$CDS_MODELS_DIR``) and running one on a cohort or on one image (:meth:`ModelRegistry.run_image`).
+- :mod:`cds.models.task_table`: the reference tasks (one module each under :mod:`cds.models.tasks`,
+  each with its ``TASK`` object: ``predict``, ``train``, ``evaluate``).
+- :mod:`cds.models.generic`: generic kinds for your own bundles; :mod:`cds.models.zoo`: MONAI Model Zoo bundles.
+- :mod:`cds.models.card`: the typed model card; :mod:`cds.models.ehr_inputs`: EHR values a card declares.
 
 Nothing heavy is imported here (torch and MONAI load inside the functions that need them).
 
->>> BUNDLES_DIR.name
-'bundles'
+>>> from cds.models.bundle import load_bundle
+>>> load_bundle(BUNDLES_DIR / "pneumonia").model_card.outputs[0].display
+'Pneumonia'
 """
 
 from __future__ import annotations

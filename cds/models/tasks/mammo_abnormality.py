@@ -19,8 +19,6 @@ normal, all with bootstrap CIs over women.
 
 Examples
 --------
->>> TARGET_FP_PER_IMAGE
-2.0
 >>> hits_marked(np.array([[10.0, 10.0], [50.0, 50.0]]), [(12.0, 11.0, 5.0)]).tolist()
 [True, False]
 """

@@ -12,8 +12,6 @@ MIAS F/G/D is *not* BI-RADS a-d. Classes are coded in a local code system
 
 Examples
 --------
->>> CLASSES
-('F', 'G', 'D')
 >>> import numpy as np
 >>> kappa_linear(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3) > 0.6
 True
