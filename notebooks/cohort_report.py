@@ -40,8 +40,7 @@ validate = True  # validate every FHIR resource as R4 (fhir.resources.R4B)
 from cds import locations
 from cds.reports import report as rp
 
-cohort = locations.cohort_source(cohort)
-params = rp.check_notebook_parameters(globals())
+params = rp.check_notebook_parameters({**globals(), "cohort": locations.cohort_source(cohort)})
 
 # %% [markdown]
 # ## Cohort
