@@ -277,6 +277,24 @@ def test_measurement_observation(bundle, findings):
     assert o["bodySite"]["coding"][0]["code"] == "80891009"
     assert "reference" not in o["derivedFrom"][0]  # study not in the cohort: identifier only
     assert o["derivedFrom"][0]["identifier"]["value"] == "urn:oid:1.2.3.4.100"
+    assert "effectiveDateTime" not in o  # a Finding without study facts has no effective time
+
+
+def test_study_facts_come_from_the_finding(bundle, findings, cards):
+    """No cohort: the ImagingStudy id, the study date and the body site are the Finding's own."""
+    cardio = findings[0]
+    o = _obs_for(bundle, cardio)
+    assert o["effectiveDateTime"] == "2020-04-01"
+    assert o["derivedFrom"][0]["reference"] == f"ImagingStudy/{IMAGING_STUDY_ID}"
+    moved = replace(cardio, imaging_study_id="other-id", study_started="2021-02-03T10:20:00+00:00",
+                    ehr_observation_ids=("obs-x",))
+    b = results_bundle([moved], cards, recorded=RECORDED)
+    o2 = _obs_for(b, moved)
+    assert o2["id"] == o["id"]  # the record context is not part of the identity
+    assert o2["effectiveDateTime"] == "2021-02-03T10:20:00Z"
+    assert o2["derivedFrom"][0]["reference"] == "ImagingStudy/other-id"
+    prov = _by_type(b)["Provenance"][0]
+    assert {"role": "source", "what": {"reference": "Observation/obs-x"}} in prov["entity"]
 
 
 def test_nodule_location_in_lps(bundle, findings):
