@@ -76,18 +76,55 @@ def test_quick_training_is_deterministic(shared_data: Path, tmp_path: Path, quic
 
 
 # ------------------------------------------------------------------------------- shipped bundles
-@pytest.mark.slow
+RERUN_N_BOOT = 300
+"""Resamples of the card rerun: the card used 2000; point estimates do not depend on it, CI ends do."""
+
+
+def _card_equal_up_to_bootstrap(got: object, card: object, where: str = "performance") -> None:
+    """``got`` equals ``card`` except bootstrap-dependent parts: ``n_boot`` (usable resamples) is the rerun's,
+    and each ``ci95`` end may move by Monte Carlo error. The SD of a 2.5 % / 97.5 %
+    percentile from B resamples is about 0.19 x (CI width) / sqrt(B / 200); 0.3 x width (plus rounding)
+    is more than 4 SD at B = 300 and still catches a real change of the interval."""
+    if isinstance(card, dict):
+        assert isinstance(got, dict) and set(got) == set(card), (where, set(got) ^ set(card or {}))
+        for k, v in card.items():
+            if k == "n_boot":  # resamples with one class only are dropped: at most the requested number
+                assert got[k] <= RERUN_N_BOOT and abs(got[k] / RERUN_N_BOOT - v / 2000) <= 0.1, (where, got[k], v)
+            elif k == "ci95" and isinstance(v, list) and None not in v:
+                tol = 0.3 * (v[1] - v[0]) + 2e-4
+                assert all(abs(g - c) <= tol for g, c in zip(got[k], v, strict=True)), (where, got[k], v, tol)
+            else:
+                _card_equal_up_to_bootstrap(got[k], v, f"{where}.{k}")
+    elif isinstance(card, list):
+        assert isinstance(got, list) and len(got) == len(card), where
+        for i, (g, c) in enumerate(zip(got, card, strict=True)):
+            _card_equal_up_to_bootstrap(g, c, f"{where}[{i}]")
+    else:
+        assert got == card, (where, got, card)
+
+
 @pytest.mark.parametrize("task", list(MODULES))
 def test_shipped_card_numbers_equal_a_rerun_of_evaluate(task: str, shared_data: Path):
     mod = MODULES[task]
     b = load_bundle(mod.default_bundle_dir())
     perf = b.card["performance"]
-    result = mod.evaluate(shared_data / DATA[task])
+    result = mod.evaluate(shared_data / DATA[task], n_boot=RERUN_N_BOOT)
     _check_schema(result, task)
-    assert result["metrics"] == perf["metrics"]
-    assert result.get("comparisons") == perf.get("comparisons")
+    assert perf["bootstrap"]["n_boot"] == 2000 and result["bootstrap"]["n_boot"] == RERUN_N_BOOT
+    rerun = {k: result.get(k) for k in perf if k != "bootstrap"}
+    _card_equal_up_to_bootstrap(rerun, {k: v for k, v in perf.items() if k != "bootstrap"})
     assert (result["n_cases"], result["split"]) == (perf["n_cases"], perf["split"])
     assert result["evaluation_command"] == perf["evaluation_command"]
+
+
+def test_the_card_comparison_catches_changes() -> None:
+    card = {"auroc": {"value": 0.8, "ci95": [0.7, 0.9], "n_boot": 2000}}
+    _card_equal_up_to_bootstrap({"auroc": {"value": 0.8, "ci95": [0.71, 0.89], "n_boot": RERUN_N_BOOT}}, card)
+    for bad in ({"auroc": {"value": 0.8001, "ci95": [0.7, 0.9], "n_boot": RERUN_N_BOOT}},
+                {"auroc": {"value": 0.8, "ci95": [0.6, 0.9], "n_boot": RERUN_N_BOOT}},
+                {"auroc": {"value": 0.8, "ci95": [0.7, 0.9], "n_boot": RERUN_N_BOOT, "extra": 1}}):
+        with pytest.raises(AssertionError):
+            _card_equal_up_to_bootstrap(bad, card)
 
 
 @pytest.mark.parametrize("task", list(MODULES))
