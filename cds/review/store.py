@@ -19,7 +19,9 @@ Each line is a FHIR-shaped dict::
 
 :func:`to_fhir` turns the log into FHIR R4 resources (the reviewed Observations with their new
 status, Practitioners, and one Provenance per action with the Practitioner as ``verifier``),
-validated with ``fhir.resources.R4B``.
+validated with ``fhir.resources.R4B``. The reviewed Observation is made by the results writer's
+builder (:mod:`cds.fhir.resources`) with the id of the AI Observation it reviews
+(:func:`cds.fhir.ids.observation_id`), so writing it replaces the report's preliminary result.
 
 >>> import tempfile, os
 >>> from cds.finding import Finding
