@@ -124,7 +124,8 @@ def test_calibrated_network_matches_the_numpy_map_and_loads_from_a_monai_config(
     import torch
     from monai.bundle import ConfigParser
 
-    from cds.models.tasks.common2d import gradcam_map, sigmoid
+    from cds.models.explain import gradcam_map
+    from cds.models.networks import sigmoid
 
     y, _, p = _data(300, 3.0, 7)
     cal = fit_calibrator(method, y, p)
@@ -148,7 +149,7 @@ def test_calibrated_network_matches_the_numpy_map_and_loads_from_a_monai_config(
 def test_calibrated_network_passes_tabular_inputs() -> None:
     import torch
 
-    from cds.models.tasks.common2d import tabular_cnn2d
+    from cds.models.networks import tabular_cnn2d
 
     base = tabular_cnn2d(n_tabular=2, width=4, n_stages=2).eval()
     net = calibrated_network(base, "temperature", {"temperature": 2.0}).eval()

@@ -17,7 +17,7 @@ from cds.errors import ModelInputError, ParameterError
 from cds.finding import Finding
 from cds.models.bundle import load_bundle
 from cds.models.tasks import cxr_cardiomegaly, cxr_icu, pneumonia
-from cds.models.tasks.common2d import DataLayoutError, read_gray
+from cds.models.tasks.inputs import DataLayoutError, read_gray
 
 pytestmark = pytest.mark.shared
 

@@ -137,7 +137,7 @@ def data_dir_for(task: str, data_dir: str | Path | None = None) -> Path:
     >>> data_dir_for("pneumonia").name
     'pneumoniamnist_sample.npz'
     """
-    from cds.models.tasks.common2d import default_data_dir
+    from cds.models.tasks.inputs import default_data_dir
 
     check_task(task)
     if data_dir is None and task in _SAMPLE_SETS:
@@ -240,7 +240,7 @@ class CaseSet:
     @property
     def p(self) -> np.ndarray:
         """Model probabilities (sigmoid of the logits)."""
-        from cds.models.tasks.common2d import sigmoid
+        from cds.models.networks import sigmoid
 
         if self.logits is None:
             raise ParameterError("cases", f"part {self.name!r} has not been scored (use score_cases)")
@@ -251,7 +251,7 @@ class CaseSet:
 
 
 def _hash_halves(ids: list[str], labels: dict[str, int]) -> dict[str, str]:
-    from cds.models.tasks.common2d import stratified_hash_split
+    from cds.models.tasks.inputs import stratified_hash_split
 
     split = stratified_hash_split(ids, labels, (0.5, 0.0, 0.5), salt=_SALT)
     return {k: ("calibration" if v == "train" else "test") for k, v in split.items()}
@@ -259,7 +259,7 @@ def _hash_halves(ids: list[str], labels: dict[str, int]) -> dict[str, str]:
 
 def _pneumonia_parts(data: Path) -> dict[str, CaseSet]:
     from cds.models.tasks import pneumonia
-    from cds.models.tasks.common2d import DataLayoutError, prepare_image
+    from cds.models.tasks.inputs import DataLayoutError, prepare_image
 
     loaded = {}
     for split in ("val", "test"):
@@ -295,7 +295,7 @@ def _pneumonia_parts(data: Path) -> dict[str, CaseSet]:
 
 def _cardiomegaly_parts(data: Path, bundle_dir: Path) -> dict[str, CaseSet]:
     from cds.models.tasks import cxr_cardiomegaly as cm
-    from cds.models.tasks.common2d import name_hash, prepare_image, read_gray
+    from cds.models.tasks.inputs import name_hash, prepare_image, read_gray
 
     df = cm.load_labels(data)
     man_path = Path(bundle_dir) / "configs" / "training_manifest.json"
@@ -330,7 +330,7 @@ def _cardiomegaly_parts(data: Path, bundle_dir: Path) -> dict[str, CaseSet]:
 def score_cases(task: str, data_dir: str | Path | None, bundle_dir: str | Path) -> dict[str, CaseSet]:
     """The ``calibration`` and ``test`` parts (see the module docstring) with the bundle's logits."""
     from cds.models.bundle import load_bundle
-    from cds.models.tasks.common2d import predict_logits
+    from cds.models.networks import predict_logits
 
     data = data_dir_for(task, data_dir)
     parts = _pneumonia_parts(data) if check_task(task) == "pneumonia" else _cardiomegaly_parts(data, Path(bundle_dir))
@@ -394,9 +394,9 @@ def misclassified(cs: CaseSet, threshold: float, p: np.ndarray | None = None) ->
 
 def gradcam_errors(bundle_dir: str | Path, cs: CaseSet, threshold: float, k: int = 6,
                    p: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """GradCAM maps (``cds.models.tasks.common2d.gradcam_map``) of the ``k`` most confident errors."""
+    """GradCAM maps (``cds.models.explain.gradcam_map``) of the ``k`` most confident errors."""
     from cds.models.bundle import load_bundle
-    from cds.models.tasks.common2d import gradcam_map
+    from cds.models.explain import gradcam_map
 
     net = load_bundle(bundle_dir).network()
     errs = misclassified(cs, threshold, p).head(int(k))
@@ -452,9 +452,10 @@ def export_bundle(task: str, trained_dir: str | Path, out_root: str | Path, cal:
     """
     import torch
 
+    from cds.locations import display_path
     from cds.models.bundle import load_bundle
+    from cds.models.card_files import write_performance
     from cds.models.registry import ModelRegistry
-    from cds.models.tasks.common2d import display_path, write_performance
 
     check_task(task)
     if not _MODEL_ID.match(model_id):

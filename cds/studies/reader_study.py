@@ -147,8 +147,9 @@ def cases_from_model(task: str = "pneumonia", data_dir: str | Path | None = None
     about half of all cases positive.
     """
     from cds.models.bundle import load_bundle
+    from cds.models.networks import predict_logits, sigmoid
     from cds.models.tasks import pneumonia
-    from cds.models.tasks.common2d import predict_logits, prepare_image, sigmoid
+    from cds.models.tasks.inputs import prepare_image
 
     if task != "pneumonia":
         raise ParameterError("case_source", f"{task!r}: model-based cases are made for 'pneumonia' only")

@@ -624,7 +624,7 @@ def evaluate(data_dir: str | Path, bundle_dir: str | Path | None = None, n_boot:
     """
     from tqdm.auto import tqdm
 
-    from cds.models.tasks.common2d import display_path
+    from cds.locations import display_path
     from cds.models.tasks.phantom import list_cases, load_cine_npz
 
     files = list_cases(data_dir)
@@ -787,7 +787,7 @@ def _fit(net: Any, x: np.ndarray, y: np.ndarray, steps: int, batch: int, crop: i
 
 
 def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) -> dict[str, Any]:
-    from cds.models.tasks.common2d import monai_metadata
+    from cds.models.card_files import monai_metadata
 
     cds_card = {
         "model_id": MODEL_ID,
@@ -982,7 +982,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     from monai.bundle import ConfigParser
 
     from cds.models.bundle import save_bundle
-    from cds.models.tasks.common2d import deterministic
+    from cds.models.training import deterministic
 
     n_cases = n_cases or (4 if quick else 400)
     steps = steps or (20 if quick else 6000)

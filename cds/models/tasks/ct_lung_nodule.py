@@ -46,9 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cds.errors import ImageReadError, ModelInputError, ParameterError
-from cds.locations import BUNDLES_DIR
+from cds.locations import BUNDLES_DIR, display_path
 from cds.models.task import TrainableTask, image_ref
-from cds.models.tasks.common2d import display_path
 from cds.models.tasks.lung_ct import (
     CANDIDATE_FEATURES,
     Candidate,

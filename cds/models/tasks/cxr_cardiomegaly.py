@@ -7,7 +7,7 @@ ventricular hypertrophy / dilated left ventricle): the labels are NIH ChestX-ray
 Data layout (``shared/data/nih-cxr14-thumbs64``): ``labels.csv`` with columns ``image``,
 ``Patient ID``, ``Patient Age``, ``Patient Gender``, ``View Position``, ``Cardiomegaly``, and
 ``png/<image>``. Patients are split 50/20/30 % into train/val/test by hashing the patient id
-within strata of patients with and without cardiomegaly (:func:`cds.models.tasks.common2d.stratified_hash_split`);
+within strata of patients with and without cardiomegaly (:func:`cds.models.tasks.inputs.stratified_hash_split`);
 the tutorial's ``kcr_split`` column is ignored (it is not patient-disjoint).
 
 The bundle stores the hashes of the training and validation image names and patient ids
@@ -34,31 +34,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cds.errors import ModelInputError
+from cds.evaluation.metrics import binary_metrics
+from cds.locations import display_path
 from cds.models import BUNDLES_DIR
+from cds.models.card_files import monai_metadata, write_performance
+from cds.models.explain import gradcam_map
+from cds.models.networks import predict_logits, sigmoid
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
     SNOMED,
-    DataLayoutError,
     as_bundle,
-    band_around,
-    binary_metrics,
     check_choice,
-    default_data_dir,
-    display_path,
     ehr_value,
     findings_from_probability,
-    gradcam_map,
     load_comparator,
-    monai_metadata,
+)
+from cds.models.tasks.inputs import (
+    DataLayoutError,
+    default_data_dir,
     name_hash,
-    predict_logits,
     prepare_image,
     read_gray,
     read_table,
-    sigmoid,
     stratified_hash_split,
-    write_performance,
 )
+from cds.models.training import band_around
 
 if TYPE_CHECKING:
     from cds.finding import Finding
@@ -85,7 +85,7 @@ EHR_INPUTS = [
     {"name": "sex", "source": "patient.sex", "values": ["male", "female"],
      "description": "administrative sex (FHIR Patient.gender male/female; M/F accepted)"},
 ]
-NETWORK = {"_target_": "cds.models.tasks.common2d.tabular_cnn2d", "in_channels": 1, "n_tabular": 2, "width": 8,
+NETWORK = {"_target_": "cds.models.networks.tabular_cnn2d", "in_channels": 1, "n_tabular": 2, "width": 8,
            "n_stages": 4, "dropout": 0.2}
 
 
@@ -194,7 +194,7 @@ def _card(root: Path, df: Any, split: Any, threshold: float, band: list[float], 
             "image": {"kind": "frontal chest radiograph (PA or AP)", "channels": 1,
                       "spatial_shape": [IMAGE_SIZE, IMAGE_SIZE],
                       "preprocessing": "grey; bilinear resize to 64x64 (anti-aliased); 1-99 percentile range "
-                                       "scaled to [0, 1] (cds.models.tasks.common2d.prepare_image)"},
+                                       "scaled to [0, 1] (cds.models.tasks.inputs.prepare_image)"},
             "ehr": EHR_INPUTS,
             "tabular_encoding": f"[(age - {AGE_CENTER:g}) / {AGE_SCALE:g}, +1 male / -1 female] (fixed, not fitted)",
         },
@@ -277,7 +277,8 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
 
     from cds.evaluation.metrics import threshold_at_specificity
     from cds.models.bundle import save_bundle
-    from cds.models.tasks.common2d import deterministic, tabular_cnn2d, train_network
+    from cds.models.networks import tabular_cnn2d
+    from cds.models.training import deterministic, train_network
 
     df = load_labels(data_dir)
     root = Path(data_dir) if data_dir is not None else default_data_dir(DATA_SET)
@@ -421,7 +422,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None, gradcam: 
     :class:`cds.errors.ModelInputError` naming it. Returns ``{"probability", "logit", "threshold",
     "indeterminate", "gradcam", "gradcam_layer", "ehr_used"}``.
     """
-    from cds.models.tasks.common2d import check_image
+    from cds.models.tasks.inputs import check_image
 
     b = as_bundle(bundle)
     specs = b.card.get("inputs", {}).get("ehr", EHR_INPUTS)

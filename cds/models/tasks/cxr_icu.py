@@ -39,31 +39,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cds.errors import ModelInputError
+from cds.evaluation.metrics import binary_metrics, round_metric
+from cds.locations import display_path
 from cds.models import BUNDLES_DIR
+from cds.models.card_files import monai_metadata, write_performance
+from cds.models.networks import sigmoid
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
     LOINC,
     SNOMED,
-    DataLayoutError,
     as_bundle,
-    band_around,
-    binary_metrics,
     check_choice,
-    check_image,
-    default_data_dir,
-    display_path,
     ehr_value,
     findings_from_probability,
     load_comparator,
-    monai_metadata,
+)
+from cds.models.tasks.inputs import (
+    DataLayoutError,
+    check_image,
+    default_data_dir,
     name_hash,
     prepare_image,
     read_gray,
     read_table,
-    round_metric,
-    sigmoid,
-    write_performance,
 )
+from cds.models.training import band_around
 
 if TYPE_CHECKING:
     from cds.finding import Finding

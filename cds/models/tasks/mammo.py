@@ -687,7 +687,7 @@ def write_performance(bundle_dir: str | Path, result: dict[str, Any], keys: Any,
     ``eval_metrics``, and re-render ``docs/README.md`` (common layout plus ``extra_readme(perf)``)."""
     import json
 
-    from cds.models.tasks.common2d import render_readme
+    from cds.models.card_files import render_readme
 
     p = Path(bundle_dir) / "configs" / "metadata.json"
     meta = json.loads(p.read_text())

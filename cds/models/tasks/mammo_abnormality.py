@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cds.errors import ModelInputError, ParameterError
-from cds.locations import BUNDLES_DIR
+from cds.evaluation.metrics import round_metric
+from cds.locations import BUNDLES_DIR, display_path
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks import mammo
-from cds.models.tasks.common2d import default_data_dir, display_path, round_metric
+from cds.models.tasks.inputs import default_data_dir
 
 if TYPE_CHECKING:
     from cds.finding import Finding

@@ -27,26 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.evaluation.metrics import binary_metrics
+from cds.locations import display_path
 from cds.models import BUNDLES_DIR
+from cds.models.card_files import monai_metadata, write_performance
+from cds.models.explain import gradcam_map
+from cds.models.networks import predict_logits, sigmoid
 from cds.models.task import TrainableTask, image_ref
-from cds.models.tasks.common2d import (
-    SNOMED,
-    DataLayoutError,
-    as_bundle,
-    band_around,
-    binary_metrics,
-    check_choice,
-    default_data_dir,
-    display_path,
-    findings_from_probability,
-    gradcam_map,
-    monai_metadata,
-    predict_logits,
-    prepare_image,
-    sigmoid,
-    write_performance,
-    youden_threshold,
-)
+from cds.models.tasks.common2d import SNOMED, as_bundle, check_choice, findings_from_probability
+from cds.models.tasks.inputs import DataLayoutError, default_data_dir, prepare_image
+from cds.models.training import band_around, youden_threshold
 
 if TYPE_CHECKING:
     from cds.finding import Finding
@@ -64,7 +54,7 @@ DATA_FILE = "pneumoniamnist_balanced_subset_trainval.npz"
 IMAGE_SIZE = 28
 EPOCHS = 12
 TUNE_FRACTION = 0.15
-NETWORK = {"_target_": "cds.models.tasks.common2d.tabular_cnn2d", "in_channels": 1, "n_tabular": 0, "width": 16,
+NETWORK = {"_target_": "cds.models.networks.tabular_cnn2d", "in_channels": 1, "n_tabular": 0, "width": 16,
            "n_stages": 3, "dropout": 0.2}
 PREFERENCE = ("test", "val", "train")
 
@@ -146,7 +136,7 @@ def _card(path: Path, n: int, n_fit: int, n_tune: int, n_pos: int, threshold: fl
         "inputs": {
             "image": {"kind": "frontal chest radiograph", "channels": 1, "spatial_shape": [IMAGE_SIZE, IMAGE_SIZE],
                       "preprocessing": "grey; bilinear resize to 28x28 (anti-aliased); 1-99 percentile range "
-                                       "scaled to [0, 1] (cds.models.tasks.common2d.prepare_image)"},
+                                       "scaled to [0, 1] (cds.models.tasks.inputs.prepare_image)"},
             "ehr": [],
         },
         "outputs": [{"code_system": SNOMED, "code": "233604007", "display": "Pneumonia", "kind": "probability"}],
@@ -206,7 +196,8 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     200 times; the shipped bundle uses the defaults.
     """
     from cds.models.bundle import save_bundle
-    from cds.models.tasks.common2d import deterministic, tabular_cnn2d, train_network
+    from cds.models.networks import tabular_cnn2d
+    from cds.models.training import deterministic, train_network
 
     images, labels, _, path = load_split(data_dir, "train")
     out = Path(out_dir) if out_dir is not None else default_bundle_dir()
@@ -278,7 +269,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None, gr
     Returns ``{"probability", "logit", "threshold", "indeterminate", "gradcam" (map in [0, 1] at the
     input image's shape, or None), "gradcam_layer", "ehr_used": {}}``.
     """
-    from cds.models.tasks.common2d import check_image
+    from cds.models.tasks.inputs import check_image
 
     b = as_bundle(bundle)
     raw = check_image(image_array)
