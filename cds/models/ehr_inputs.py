@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cds.errors import ModelInputError, ParameterError
+from cds.models.card import ModelCard
 from cds.sources.tables import age_years
 
 __all__ = ["EhrInputs", "ehr_inputs_for"]
@@ -30,7 +31,7 @@ class EhrInputs(dict):
         self.observation_ids: dict[str, str] = dict(observation_ids or {})
 
 
-def ehr_inputs_for(card: dict[str, Any], cohort: Any, patient_id: str, when: Any) -> EhrInputs:
+def ehr_inputs_for(card: ModelCard | dict[str, Any], cohort: Any, patient_id: str, when: Any) -> EhrInputs:
     """The EHR values a model card declares, for one patient at one time (the study time).
 
     Sources: ``patient.age_years`` (age at ``when``), ``patient.sex``, and
@@ -38,7 +39,9 @@ def ehr_inputs_for(card: dict[str, Any], cohort: Any, patient_id: str, when: Any
     ``[before, after]``, default ``[-2, 2]``). Values are keyed by the input's name *and* source.
     A required input with no value raises :class:`ModelInputError` naming it.
     """
-    specs = (card.get("inputs") or {}).get("ehr") or []
+    typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+    specs = typed.ehr_inputs
+    model_id = typed.model_id
     out = EhrInputs()
     if not specs:
         return out
@@ -73,11 +76,11 @@ def ehr_inputs_for(card: dict[str, Any], cohort: Any, patient_id: str, when: Any
                         out.observation_ids[source] = r["observation_id"]
                     break
         else:
-            raise ParameterError(f"{card.get('model_id')}: inputs.ehr[{name}].source",
+            raise ParameterError(f"{model_id}: inputs.ehr[{name}].source",
                                  f"unknown EHR source {source!r}")
         if value is None:
             if spec.get("required", True):
-                raise ModelInputError(name, f"model {card.get('model_id')!r} needs EHR input {name!r} "
+                raise ModelInputError(name, f"model {model_id!r} needs EHR input {name!r} "
                                             f"({source}) but patient has none"
                                       + (f" within {spec.get('window_days', [-2, 2])} days of the study"
                                          if source.startswith("observation:") else ""))

@@ -206,7 +206,7 @@ class ModelRegistry:
             try:
                 if not isinstance(r.pixel_location, str) or not r.pixel_location:
                     raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                ehr = ehr_inputs_for(b.card, cohort, r.patient_id, r.started)
+                ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
                 image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
                 found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir)
                 result.findings.extend(with_study_context(found, r, ehr))

@@ -98,17 +98,16 @@ def findings_from_probability(
     from cds.finding import Finding
 
     b = as_bundle(bundle)
-    card = b.card
-    band = card.get("indeterminate")
+    card = b.model_card
     out = []
-    for o in card.get("outputs", []):
+    for o in card.outputs:
         out.append(Finding(
-            patient_id=str(patient_id), study_uid=str(study_uid), code_system=o["code_system"], code=o["code"],
-            display=o["display"], model_id=b.model_id, model_version=b.version, probability=float(probability),
-            threshold=card.get("threshold"), indeterminate=tuple(band) if band else None,
+            patient_id=str(patient_id), study_uid=str(study_uid), code_system=o.code_system, code=o.code,
+            display=o.display, model_id=b.model_id, model_version=b.version, probability=float(probability),
+            threshold=card.threshold, indeterminate=card.indeterminate,
             series_uid=series_uid, instance_uids=tuple(str(u) for u in instance_uids),
             ehr_inputs={k: _json_value(v) for k, v in (ehr_inputs or {}).items()}, explanation=explanation,
-            prognostic=bool(card.get("prognostic", False)), extra=dict(extra or {}),
+            prognostic=card.prognostic, extra=dict(extra or {}),
         ))
     return out
 

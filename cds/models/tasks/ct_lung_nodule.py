@@ -268,9 +268,11 @@ def to_findings(bundle: Any, candidates: Sequence[dict[str, Any]], patient_id: s
     from cds.finding import Finding, Location
 
     b = _bundle(bundle)
-    card = b.card
-    thr = float(card["threshold"])
-    band = tuple(card["indeterminate"]) if card.get("indeterminate") else None
+    card = b.model_card
+    if card.threshold is None:
+        raise ParameterError("bundle", f"{b.path}: the card declares no threshold")
+    thr = card.threshold
+    band = card.indeterminate
     floor = band[0] if band else thr
     uids = list(instance_uids)
     out = []

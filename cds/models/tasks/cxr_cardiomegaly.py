@@ -425,7 +425,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None, gradcam: 
     from cds.models.tasks.inputs import check_image
 
     b = as_bundle(bundle)
-    specs = b.card.get("inputs", {}).get("ehr", EHR_INPUTS)
+    specs = b.model_card.ehr_inputs or EHR_INPUTS
     used = {s["name"]: ehr_value(ehr, s) for s in specs}
     tab = tabular_inputs(used["age"], used["sex"])
     raw = check_image(image_array)
@@ -434,7 +434,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None, gradcam: 
     logit = float(predict_logits(net, x[None], tab[None])[0])
     cam = gradcam_map(net, x, tab, out_shape=raw.shape) if gradcam else None
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.card.get("threshold"), "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
             "gradcam": cam, "gradcam_layer": net.last_layer if gradcam else None, "ehr_used": used}
 
 

@@ -600,7 +600,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None) -> dict[s
 
     b = as_bundle(bundle)
     recipe = b.inference["feature_recipe"]
-    specs = b.card.get("inputs", {}).get("ehr", [])
+    specs = b.model_card.ehr_inputs
     used = {s["name"]: ehr_value(ehr, s) for s in specs}
     labs = pd.DataFrame([{k: _lab_input(v, k) for k, v in used.items()}])
     raw = check_image(image_array, min_side=32)
@@ -611,7 +611,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None) -> dict[s
     logit = float(z @ w + float(net.bias.detach().numpy()[0]))
     contrib = {n: round(float(c), 4) for n, c in zip(recipe["feature_names"], z * w, strict=True)}
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.card.get("threshold"), "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
             "image_features": dict(zip(IMAGE_FEATURES, (round(float(v), 4) for v in img[0]), strict=True)),
             "contributions": contrib, "gradcam": None, "ehr_used": used}
 
@@ -620,7 +620,7 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
                 instance_uids: tuple[str, ...] | list[str] = (), ehr_inputs: dict[str, Any] | None = None) -> list[Any]:
     """:class:`cds.finding.Finding` records (one, prognostic: SNOMED 305351004) for a :func:`predict` result."""
     top = sorted(pred.get("contributions", {}).items(), key=lambda kv: -abs(kv[1]))[:3]
-    n = as_bundle(bundle).card.get("training_data", {}).get("n", "?")
+    n = as_bundle(bundle).model_card.training_data.get("n", "?")
     expl = (f"Prognostic logistic model ({n} patients, cross-validated); largest contributions: "
             + ", ".join(f"{k} {v:+.2f}" for k, v in top)) if top else None
     return findings_from_probability(

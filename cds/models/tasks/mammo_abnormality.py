@@ -650,7 +650,7 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
     b = _load(bundle)
     if "candidates" not in pred or "image_score" not in pred:
         raise ParameterError("pred", "not a mammo-abnormality prediction (needs 'candidates' and 'image_score')")
-    t = float(pred.get("threshold", b.card.get("threshold")))
+    t = float(pred.get("threshold", b.model_card.threshold))
     uids = tuple(instance_uids or ())
     common = dict(patient_id=patient_id, study_uid=study_uid, code_system=SNOMED, code=CODE[0], display=CODE[1],
                   model_id=b.model_id, model_version=b.version, threshold=t, indeterminate=None,

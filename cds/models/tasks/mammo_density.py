@@ -455,13 +455,12 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
     b = _load(bundle)
     if "class" not in pred or "probabilities" not in pred or pred["class"] not in CLASSES:
         raise ParameterError("pred", "not a mammo-density prediction (needs 'class' and 'probabilities')")
-    card = b.card
-    ind = card.get("indeterminate")
+    card = b.model_card
     return [Finding(
         patient_id=patient_id, study_uid=study_uid, code_system=CODE_SYSTEM, code=pred["class"],
         display=DISPLAYS[pred["class"]], model_id=b.model_id, model_version=b.version,
-        probability=float(pred["probability"]), threshold=card.get("threshold"),
-        indeterminate=tuple(ind) if ind else None, series_uid=series_uid,
+        probability=float(pred["probability"]), threshold=card.threshold,
+        indeterminate=card.indeterminate, series_uid=series_uid,
         instance_uids=tuple(instance_uids or ()), ehr_inputs=dict(ehr_inputs or {}),
         explanation=(f"MIAS background tissue {DISPLAYS[pred['class']]} (p={pred['probability']:.2f}); "
                      "features: " + ", ".join(f"{k}={v:.2f}" for k, v in (pred.get("features") or {}).items()

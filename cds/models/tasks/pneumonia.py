@@ -278,7 +278,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None, gr
     logit = float(predict_logits(net, x[None])[0])
     cam = gradcam_map(net, x, None, out_shape=raw.shape) if gradcam else None
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.card.get("threshold"), "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
             "gradcam": cam, "gradcam_layer": net.last_layer if gradcam else None, "ehr_used": {}}
 
 
