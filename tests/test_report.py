@@ -374,7 +374,12 @@ def test_deidentified_outputs_hold_no_names_ids_or_birth_dates(deid_runs, small_
                 else:
                     assert v not in text, f"{name}: a {kind}"
         assert SALT not in text, f"{name}: the salt"
-    Bundle.model_validate(json.loads((out / "results.fhir.json").read_text()))
+    fhir_text = (out / "results.fhir.json").read_text()
+    Bundle.model_validate(json.loads(fhir_text))
+    # the Findings' study facts (record ids, study dates, EHR Observation ids) are dropped, not written
+    for fact in ("effectiveDateTime", "occurrenceDateTime", '"reference": "ImagingStudy/', '"reference": "Observation/',
+                 '"reference": "Patient/'):
+        assert fact not in fhir_text, fact
     res = json.loads((out / "results.json").read_text())
     assert res["n_findings"] == 18 and res["metrics"]["parameters"]["deidentify"] is True
     assert all("/" not in f["message"] for f in res["failures"])
