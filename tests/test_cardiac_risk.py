@@ -191,6 +191,7 @@ def cmr_bundle() -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_phantom_cmr_to_risk_assessments_on_the_sample_cohort(cmr_bundle: Path, samples_dir: Path) -> None:
     cohort = cds.load_cohort(samples_dir / "synthea", validate=False, reference_date="2026-01-01")
     out = cr.assess_cohort(cohort, "mi-or-hf", phantom_seed=500, cmr_bundle=cmr_bundle, phantom_frames=12,

@@ -202,6 +202,7 @@ def test_card_says_phantom_only_and_matches_targets(bundle) -> None:
     assert bundle.metadata["eval_metrics"]["ef_mae"] == perf["metrics"]["ef_mae"]["value"]
 
 
+@pytest.mark.slow
 def test_predict_meets_targets_on_held_out_phantoms(bundle) -> None:
     """Three evaluation-range seeds (disjoint from training): mean absolute errors within the targets."""
     errs: dict[str, list[float]] = {"ef_pct": [], "gcs_pct": [], "grs_pct": []}
@@ -236,6 +237,7 @@ def test_to_findings(bundle) -> None:
                                                                        "not reduced"]
 
 
+@pytest.mark.slow
 def test_evaluate_schema(bundle, tmp_path) -> None:
     generate_dataset(tmp_path, 2, 900040)
     r = cmr.evaluate(tmp_path, n_boot=50)

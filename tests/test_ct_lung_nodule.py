@@ -256,6 +256,7 @@ def test_real_lung_mask_volume(real_masks: tuple, series: L.CtSeries) -> None:
     assert not masks.lung[57, 138:141, 128:131].any()
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_synthetic_sphere_in_real_ct_found_at_its_lps_position(series: L.CtSeries, real_masks: tuple) -> None:
     from scipy import ndimage as ndi
@@ -281,6 +282,7 @@ def test_synthetic_sphere_in_real_ct_found_at_its_lps_position(series: L.CtSerie
     assert 12.0 < best["diameter_mm"] < 22.0
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_predict_real_series_hits_the_annotated_mass(series: L.CtSeries, real_candidates: list, shared_data: Path) -> None:
     import pandas as pd
@@ -304,6 +306,7 @@ def test_predict_real_series_hits_the_annotated_mass(series: L.CtSeries, real_ca
     assert Finding.from_dict(json.loads(json.dumps(top.to_dict()))) == top
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_evaluate_schema_and_card_numbers_reproduce(shared_data: Path) -> None:
     res = M.evaluate(shared_data / "lung-pet-ct-dx", n_boot=2000)

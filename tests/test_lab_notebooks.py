@@ -43,6 +43,7 @@ def test_model_lab_names_the_shipped_sample_subset(repo: Path) -> None:
     assert "demonstrates the workflow" in nb.cells[0].source
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_model_lab_cardiomegaly_isotonic(repo: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
@@ -61,6 +62,7 @@ def test_model_lab_cardiomegaly_isotonic(repo: Path, tmp_path: Path) -> None:
     assert _images(nb) >= 2  # reliability diagram, GradCAM grid
 
 
+@pytest.mark.slow
 def test_reader_study_simulated_cases_then_the_written_store(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "rs"
     nb = _run(repo, "reader_study", tmp_path, {
@@ -80,6 +82,7 @@ def test_reader_study_simulated_cases_then_the_written_store(repo: Path, tmp_pat
     assert len(store.read_text().splitlines()) == 2 * 3 * 40  # analysis never writes
 
 
+@pytest.mark.slow
 def test_cardiac_risk_one_patient_published_terms_only(repo: Path, tmp_path: Path) -> None:
     from cds.models.tasks import cmr_function
 

@@ -110,6 +110,7 @@ def test_density_predictions_on_real_images(mias: Path) -> None:
     assert Finding.from_dict(json.loads(json.dumps(f[0].to_dict()))) == f[0]
 
 
+@pytest.mark.slow
 def test_density_evaluate_schema_and_card(density_eval: dict) -> None:
     r = density_eval
     assert r["task"] == "mammo-density" and r["split"] == "cross-validated"
@@ -154,6 +155,7 @@ def test_candidate_hits_marked_mass(mias: Path) -> None:
     assert len({f.id for f in fs}) == len(fs)
 
 
+@pytest.mark.slow
 def test_abnormality_evaluate_schema_and_card(abnormality_eval: dict) -> None:
     r = abnormality_eval
     assert r["task"] == "mammo-abnormality" and r["split"] == "cross-validated"

@@ -171,4 +171,4 @@ def test_bad_parameters_name_themselves(tmp_path: Path) -> None:
 
     with pytest.raises(ParameterError, match="calibration_method"):
         validate_parameters({"calibration_method": "platt"}, ml.PARAMETERS)
-    assert validate_parameters({}, ml.PARAMETERS)["models_dir"] == "../out/model_lab/models"
+    assert validate_parameters({}, ml.PARAMETERS)["models_dir"] == "out/model_lab/models"

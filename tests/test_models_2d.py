@@ -46,6 +46,7 @@ def quick_bundles(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     return {task: mod.train(shared_data / DATA[task], out / task, seed=0, quick=True) for task, mod in MODULES.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(MODULES))
 def test_quick_training_writes_a_bundle_whose_card_matches_evaluate(task: str, quick_bundles: dict, shared_data: Path):
     path = quick_bundles[task]
@@ -103,6 +104,7 @@ def _card_equal_up_to_bootstrap(got: object, card: object, where: str = "perform
         assert got == card, (where, got, card)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(MODULES))
 def test_shipped_card_numbers_equal_a_rerun_of_evaluate(task: str, shared_data: Path):
     mod = MODULES[task]

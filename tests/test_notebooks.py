@@ -115,6 +115,7 @@ def test_only_check_cells_keep_outputs_and_one_parameters_cell(name: str) -> Non
     assert not relative_up, f"defaults must not depend on the current folder: {relative_up}"
 
 
+@pytest.mark.slow
 def test_overview_defaults_work_from_any_folder_without_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``papermill notebooks/cohort_overview.ipynb out.ipynb`` from an unrelated folder, no ../shared."""
     import papermill as pm

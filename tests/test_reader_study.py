@@ -139,6 +139,7 @@ def test_simulated_reads_go_through_review_store_and_are_labelled(tmp_path: Path
     pd.testing.assert_frame_equal(paired[cols], p2[cols])
 
 
+@pytest.mark.slow
 def test_simulation_reproduces_yu_2024_qualitatively(tmp_path: Path) -> None:
     cases = rs.simulated_cases(300, prevalence=0.5, ai_accuracy=0.75, seed=1)
     sim = rs.simulate_readers(cases, tmp_path / "s.jsonl", n_readers=6, seed=1, susceptibility_range=(0.3, 1.0))

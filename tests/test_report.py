@@ -266,6 +266,7 @@ def test_anchors_hold_the_published_numbers():
 
 
 # ------------------------------------------------------------------------------------- whole runs
+@pytest.mark.slow
 def test_report_writes_all_outputs(posted_run):
     out = posted_run["out_dir"]
     for name in rp.OUTPUT_FILES:
@@ -341,6 +342,7 @@ def test_post_writes_outcome_per_resource(posted_run):
     assert all(o["request"].startswith("PUT ") for o in outcome["outcome"])
 
 
+@pytest.mark.slow
 def test_rerun_gives_identical_results_and_ids(deid_runs):
     a, b = deid_runs
     assert (a["out_dir"] / "results.json").read_bytes() == (b["out_dir"] / "results.json").read_bytes()
@@ -401,6 +403,7 @@ def test_leak_check_catches_identifiers(tmp_path):
     rp.check_deidentified([g], ids)  # whole words only for names
 
 
+@pytest.mark.slow
 def test_failing_cell_is_named_and_exit_code_nonzero(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -208,6 +208,7 @@ def test_static_fallback_shows_the_case(cohort, findings, tmp_path: Path) -> Non
     assert "data:image/png;base64," in ex.case.viewer._repr_mimebundle_()["text/html"]
 
 
+@pytest.mark.slow
 def test_notebook_runs_under_papermill_and_exports_the_case_as_html(repo: Path, samples_dir: Path,
                                                                      tmp_path: Path) -> None:
     """The real path: the notebook runs the registry's pneumonia model on a two-patient cohort."""
