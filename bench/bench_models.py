@@ -75,37 +75,37 @@ def pipeline_cases() -> dict[str, Callable[[Any, Any], Callable[[], Any]]]:
             if b.model_id == "cxr-cardiomegaly":  # the sample's Hannover patients have no age: supply one
                 ehr = {"age": 61.0, "sex": "male"}
             else:
-                ehr = ehr_inputs_for(b.card, cohort, cxr["patient_id"], cxr["started"])
-            return reg.run_one(b, b.card["task"], image, ehr, cxr["patient_id"], cxr["study_uid"],
-                               cxr["series_uid"], tuple(cxr["instance_uids"]))
+                ehr = ehr_inputs_for(b.model_card, cohort, cxr["patient_id"], cxr["started"])
+            return reg.run_image(b.model_id, image, ehr)
         return run
 
     def ct_case(reg: Any, b: Any) -> Callable[[], Any]:
         series = next((SHARED / "lung-pet-ct-dx").glob("*/*/"))
 
         def run() -> Any:
-            return reg.run_one(b, "ct-lung-nodule", read_image(series), {}, "p", "1.2", "1.2.3", ())
+            return reg.run_image(b.model_id, read_image(series))
         return run
 
     def mammo_case(reg: Any, b: Any) -> Callable[[], Any]:
         png = sorted((SHARED / "mini-mias" / "png").glob("*.png"))[0]
 
         def run() -> Any:
-            return reg.run_one(b, b.card["task"], read_image(png), {}, "p", "1.2", "1.2.3", ())
+            return reg.run_image(b.model_id, read_image(png))
         return run
 
     def cmr_case(reg: Any, b: Any) -> Callable[[], Any]:
-        import importlib
+        import numpy as np
 
+        from cds.images.image import Image
         from cds.models.tasks.phantom import make_cine
 
-        mod = importlib.import_module("cds.models.tasks.cmr_function")
         cine, truth = make_cine(seed=12345)
-        geometry = truth["geometry"] if "geometry" in truth else truth
+        g = truth["geometry"]
+        image = Image(cine, (1.0, g["slice_thickness_mm"] + g["slice_gap_mm"], *g["pixel_spacing_mm"]), (0.0, 0.0, 0.0),
+                      np.eye(3), "MR", {"slice_thickness_mm": g["slice_thickness_mm"]}, "phantom")
 
         def run() -> Any:
-            pred = mod.predict(b, cine, geometry)
-            return mod.to_findings(b, pred, "p", "1.2")
+            return reg.run_image(b.model_id, image)
         return run
 
     return {"pneumonia": cxr_case, "cxr-cardiomegaly": cxr_case, "cxr-icu": cxr_case,

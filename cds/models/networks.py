@@ -64,7 +64,7 @@ def tabular_cnn2d(in_channels: int = 1, n_tabular: int = 0, width: int = 16, n_s
                   dropout: float = 0.2) -> Any:
     """A small 2D CNN built from MONAI ``Convolution`` blocks, optionally fused with tabular inputs.
 
-    Used as a bundle's ``network_def`` (``"_target_": "cds.models.tasks.common2d.tabular_cnn2d"``).
+    Used as a bundle's ``network_def`` (``"_target_": "cds.models.networks.tabular_cnn2d"``).
     ``forward(x, tab=None)`` returns one logit per image; the GradCAM layer is ``net.last_layer``.
 
     >>> import torch
