@@ -6,10 +6,16 @@ Models are MONAI bundle folders (:mod:`cds.models.bundle`) found in
 2. the user's models directory: ``$CDS_MODELS_DIR`` (``os.pathsep``-separated list) or
    ``~/.cds/models`` — drop a bundle folder there (yours, or a downloaded MONAI Model Zoo bundle).
 
-Running a model on a cohort reads each study's pixels, pulls the EHR inputs the card declares from
-the cohort's FHIR tables (refusing with :class:`cds.errors.ModelInputError` naming a missing one),
-and returns :class:`cds.finding.Finding` records plus one failure row per study that could not be
-run — a cohort run never stops at one bad case.
+Each model runs through one task object (:meth:`ModelRegistry.task_for`): its card's ``task`` in
+:data:`cds.models.task_table.TASKS`, its ``kind`` in :data:`cds.models.generic.KINDS`, or, for a
+bundle without a cds card, its Model Zoo adapter in :data:`cds.models.zoo.ZOO_TASKS`; all of them
+``predict(bundle, image, ehr) -> list[Finding]``.
+
+Running a model on a cohort (:meth:`ModelRegistry.run`) reads each study's pixels, pulls the EHR
+inputs the card declares from the cohort's FHIR tables (refusing with :class:`cds.errors.ModelInputError`
+naming a missing one), runs :meth:`ModelRegistry.run_image` with the ImagingStudy row's identity,
+and returns :class:`cds.finding.Finding` records plus one :class:`cds.finding.Failure` per study
+that could not be run — a cohort run never stops at one bad case.
 
 >>> reg = ModelRegistry(user_dirs=[])
 >>> "pneumonia" in reg.ids()
