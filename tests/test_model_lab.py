@@ -11,7 +11,8 @@ import pytest
 from cds.errors import ParameterError
 from cds.studies import model_lab as ml
 
-pytestmark = pytest.mark.shared
+# Tests that need ../shared/data take the shared_data fixture (it skips with the reason when absent);
+# test_bad_parameters_name_themselves and the sample-data test run everywhere.
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,16 @@ def test_bad_parameters_name_themselves(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="calibration_method"):
         validate_parameters({"calibration_method": "platt"}, ml.PARAMETERS)
     assert validate_parameters({}, ml.PARAMETERS)["models_dir"] == "out/model_lab/models"
+
+
+def test_pneumonia_defaults_to_the_shipped_sample_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data_dir and no ../shared: the lab scores the shipped subset's val_ arrays (200 images, in two halves)."""
+    from cds.models.tasks import pneumonia
+
+    monkeypatch.setenv("CDS_SHARED_DATA", str(tmp_path / "nonexistent"))
+    assert ml.data_dir_for("pneumonia").name == "pneumoniamnist_sample.npz"
+    cases = ml.score_cases("pneumonia", None, pneumonia.default_bundle_dir())
+    assert len(cases["calibration"]) + len(cases["test"]) == 200
+    assert set(cases["calibration"].ids).isdisjoint(cases["test"].ids)
+    with pytest.raises(ParameterError, match="data_dir"):
+        ml.data_dir_for("cxr-cardiomegaly")  # ships no subset: its shared set is absent here
