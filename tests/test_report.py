@@ -352,6 +352,7 @@ def test_rerun_gives_identical_results_and_ids(deid_runs):
     assert len(ids) == len(set(ids)) > 20
 
 
+@pytest.mark.slow
 def test_identified_and_deidentified_ids_differ(posted_run, deid_runs):
     ident = {e["resource"]["id"] for e in json.loads((posted_run["out_dir"] / "results.fhir.json").read_text())["entry"]
              if e["resource"]["resourceType"] == "Observation"}
@@ -360,6 +361,7 @@ def test_identified_and_deidentified_ids_differ(posted_run, deid_runs):
     assert len(ident) == len(pseudo) == 18 and not ident & pseudo
 
 
+@pytest.mark.slow
 def test_deidentified_outputs_hold_no_names_ids_or_birth_dates(deid_runs, small_cohort):
     from fhir.resources.R4B.bundle import Bundle
 
