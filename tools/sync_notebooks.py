@@ -38,12 +38,13 @@ def names() -> list[str]:
     return sorted(p.stem for p in NOTEBOOKS.glob("*.py") if not p.name.startswith("_"))
 
 
-def _old_outputs(ipynb: Path) -> dict[str, list]:
-    """Outputs of the committed notebook's check cells, by cell source."""
+def _old_outputs(ipynb: Path) -> dict[str, tuple[list, int | None]]:
+    """Outputs and execution counts of the committed notebook's check cells, by cell source."""
     if not ipynb.is_file():
         return {}
     old = nbformat.read(str(ipynb), as_version=4)
-    return {c.source: c.outputs for c in old.cells if c.cell_type == "code" and c.source.startswith(CHECK)}
+    return {c.source: (c.outputs, c.execution_count) for c in old.cells
+            if c.cell_type == "code" and c.source.startswith(CHECK)}
 
 
 def sync(name: str, execute: bool = False, timeout: int = 900) -> Path:
@@ -53,8 +54,6 @@ def sync(name: str, execute: bool = False, timeout: int = 900) -> Path:
         raise SystemExit(f"sync_notebooks: {script} not found")
     ipynb = script.with_suffix(".ipynb")
     nb = jupytext.read(script, fmt="py:percent")
-    nb.metadata = {"jupytext": {"formats": FORMATS}, "kernelspec": KERNELSPEC,
-                   "language_info": {"name": "python"}}
     for i, c in enumerate(nb.cells):
         c["id"] = f"cell-{i:02d}"
         c.metadata.pop("lines_to_next_cell", None)
@@ -74,8 +73,9 @@ def sync(name: str, execute: bool = False, timeout: int = 900) -> Path:
         old = _old_outputs(ipynb)
         for c in nb.cells:
             if c.cell_type == "code" and c.source in old:
-                c.outputs = old[c.source]
-                c.execution_count = 1 if c.outputs else None  # nbval skips a cell with outputs but no count
+                c.outputs, c.execution_count = old[c.source]
+    # the kernel fills in its version and widget state on execution: keep only the pairing and kernel
+    nb.metadata = {"jupytext": {"formats": FORMATS}, "kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
     nbformat.write(nb, str(ipynb))
     jupytext.write(nb, script, fmt="py:percent")  # normalises the script's header (the pairing metadata)
     return ipynb
