@@ -210,7 +210,10 @@ def test_lung_findings_from_known_boxes() -> None:
                                   labels=np.array([0, 0]), **IDS)
     assert [f.probability for f in found] == [0.8, 0.05]
     first, second = found
-    assert (first.code_system, first.code, first.display) == (zoo.SNOMED, "786838002", "Pulmonary nodule")
+    from cds.models.tasks.ct_lung_nodule import OUTPUT_CODE
+
+    assert (first.code_system, first.code, first.display) == (OUTPUT_CODE["code_system"], OUTPUT_CODE["code"],
+                                                              OUTPUT_CODE["display"])
     assert second.location.kind == "box" and second.location.frame == "LPS"
     np.testing.assert_allclose(second.location.coords, [*(k3 - 4), *(k3 + 4)])  # min corner first
     assert second.location.sop_instance_uid == "1.2.3.3"

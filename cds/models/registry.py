@@ -92,7 +92,8 @@ def with_study_context(findings: list[Finding], row: Any, ehr: Any) -> list[Find
     started_s = None if started is None or pd.isna(started) else pd.Timestamp(started).isoformat()
     sid = getattr(row, "imaging_study_id", None)
     site = getattr(row, "body_site", None)
-    obs_ids = tuple(dict.fromkeys(getattr(ehr, "observation_ids", {}).values()))
+    sources = getattr(ehr, "observation_ids", {})
+    obs_ids = tuple(dict.fromkeys(sources[k] for k in sorted(sources)))  # by source key: a stable order
     return [replace(f, imaging_study_id=sid if isinstance(sid, str) else None, study_started=started_s,
                     study_body_site=site if isinstance(site, str) else None, ehr_observation_ids=obs_ids)
             for f in findings]

@@ -15,7 +15,8 @@ Supported bundles (recognised from metadata.json ``name``/``task``/``description
     Its post-processing returns boxes in world coordinates, mode ``cccwhd``; with
     ``AffineBoxToWorldCoordinated(affine_lps_to_ras=true)`` on an image whose affine is RAS (what MONAI's
     loaders and cds give it) that world frame is **LPS**, the DICOM patient frame (as LUNA16's annotations).
-    Each box becomes a Finding: SNOMED CT 786838002 "Pulmonary nodule" (Nodule of lung), ``probability`` =
+    Each box becomes a Finding with the code ct-lung-nodule uses (SNOMED CT 27925004 "Nodule", one code
+    for one concept whichever detector found it), ``probability`` =
     the box score, ``threshold`` = the bundle's ``score_thresh`` (0.02 in the zoo config), a ``box``
     Location ``[x0, y0, z0, x1, y1, z1]`` in LPS mm.
 ``breast_density_classification``
@@ -95,7 +96,7 @@ SAX = "ventricular_short_axis_3label"
 ZOO_BUNDLES: tuple[str, ...] = (LUNG, BREAST, SAX)
 
 SNOMED = "http://snomed.info/sct"
-PULMONARY_NODULE = ("786838002", "Pulmonary nodule")  # SNOMED CT "Nodule of lung (disorder)"
+PULMONARY_NODULE = ("27925004", "Nodule")  # the code of cds.models.tasks.ct_lung_nodule.OUTPUT_CODE (a test checks)
 #: Local code system for the ACR BI-RADS 5th edition breast composition categories (codes "A".."D").
 BIRADS_DENSITY_SYSTEM = "urn:cds:codesystem:acr-birads-breast-density"
 BIRADS_DENSITY = {

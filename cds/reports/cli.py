@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help``
 def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``cds report`` options (stdlib only, so building the CLI stays fast)."""
     parser.add_argument("--cohort", help="folder, Bundle .json, .ndjson or FHIR server base URL "
-                        "(default: fhir_samples)")
+                        "(default: the shipped sample cohort)")
     parser.add_argument("--out", help="output folder (default: out/report)")
     parser.add_argument("--models", help="comma-separated model ids (default: " + ",".join(DEFAULT_MODELS) + ")")
     parser.add_argument("--start", help="first study date YYYY-MM-DD, or --start=-Nd for N days before the "
@@ -101,7 +101,9 @@ def _cli_parameters(args: argparse.Namespace) -> dict[str, Any]:
 def main_report(args: argparse.Namespace) -> int:
     """``cds report``: run the report and print where its outputs are (errors propagate as CdsError)."""
     params = _cli_parameters(args)
-    cohort = args.cohort or params.pop("cohort", None) or "fhir_samples"
+    from cds.locations import cohort_source
+
+    cohort = cohort_source(args.cohort or params.pop("cohort", None))  # none: the shipped sample cohort
     out = args.out or params.pop("out_dir", None) or "out/report"
     params.pop("cohort", None)
     params.pop("out_dir", None)

@@ -58,8 +58,8 @@ def _number(v: Any) -> bool:
 def parameter_spec() -> dict[str, Param]:
     """The report's parameters: type, default, check and hint (see the module docstring)."""
     return {
-        "cohort": Param(str, "../fhir_samples", check=lambda v: bool(v.strip()),
-                        hint="a folder, a .json Bundle, an .ndjson file or a FHIR base URL http(s)://..."),
+        "cohort": Param(str, "", hint="a folder, a .json Bundle, an .ndjson file or a FHIR base URL http(s)://... "
+                                       "('' = the shipped sample cohort)"),
         "models": Param(list, list(DEFAULT_MODELS),
                         check=lambda v: len(v) > 0 and all(isinstance(x, str) and x for x in v),
                         hint="a non-empty list of model ids (strings), e.g. ['pneumonia', 'cxr-icu']"),
@@ -119,7 +119,9 @@ start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, min
     out = validate_parameters(values, parameter_spec())
     out["models"] = list(out["models"])
     out["thresholds"] = dict(out["thresholds"])
-    src = out["cohort"]
+    from cds.locations import cohort_source
+
+    src = out["cohort"] = cohort_source(out["cohort"])  # '' = the shipped sample cohort
     if not is_url(src) and not Path(src).exists():
         raise ParameterError("cohort", f"{src!r} does not exist; give a folder, a .json Bundle, an .ndjson file "
                                        "or a FHIR server base URL (http(s)://...)")

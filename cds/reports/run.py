@@ -80,7 +80,9 @@ def run_report(cohort: str | Path, out_dir: str | Path, params: Mapping[str, Any
     """
     t0 = time.perf_counter()
     given = dict(params or {})
-    given["cohort"] = _absolute(str(cohort))
+    from cds.locations import cohort_source
+
+    given["cohort"] = _absolute(cohort_source(str(cohort) if cohort is not None else None))
     given["out_dir"] = str(Path(out_dir).expanduser().resolve())
     full = validate_report_parameters(given)
     if post and not fhir_base:

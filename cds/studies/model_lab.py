@@ -48,7 +48,6 @@ cds.errors.ParameterError: task: 'cxr-icu' is not supported by the model lab; us
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -124,7 +123,9 @@ def task_module(task: str) -> Any:
     >>> task_module("pneumonia").__name__
     'cds.models.tasks.pneumonia'
     """
-    return importlib.import_module("cds.models.tasks." + check_task(task).replace("-", "_"))
+    from cds.models.task_table import TASK_MODULES
+
+    return TASK_MODULES[check_task(task)]
 
 
 def data_dir_for(task: str, data_dir: str | Path | None = None) -> Path:
