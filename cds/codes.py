@@ -19,11 +19,12 @@ True
 from __future__ import annotations
 
 __all__ = [
-    "SNOMED", "LOINC", "UCUM", "DICOM_UID_SYSTEM", "V3_OBS_VALUE", "V3_INTERPRETATION", "V2_0074", "OBS_CATEGORY",
-    "PROVENANCE_AGENT", "V3_DATA_OPERATION", "RISK_PROBABILITY", "AI_CONFIDENCE_URL", "CDS_BASE",
-    "CDS_STRUCTURE_DEFINITION", "CDS_CODE_SYSTEM", "LOCATION_URL", "SERIES_URL", "MODEL_CARD_URL",
-    "INSTANCE_LOCATION_URL", "FINDING_ID_SYSTEM", "REVIEWER_ID_SYSTEM", "CDS_CODES", "OVERRIDE_REASON_SYSTEM",
-    "CARDIAC_RISK_CODES", "CMR_MEASURE_CODES", "AIAST", "PSEUDED", "REPORT_CODE", "RADIOLOGY", "IMAGING", "SURVEY",
+    "SNOMED", "LOINC", "UCUM", "DCM", "DICOM_UID_SYSTEM", "URI_SYSTEM", "V3_OBS_VALUE", "V3_INTERPRETATION",
+    "V3_ACT_CODE", "V2_0074", "OBS_CATEGORY", "DATA_ABSENT_REASON", "PROVENANCE_AGENT", "V3_DATA_OPERATION",
+    "RISK_PROBABILITY", "AI_CONFIDENCE_URL", "CDS_BASE", "CDS_STRUCTURE_DEFINITION", "CDS_CODE_SYSTEM",
+    "LOCATION_URL", "SERIES_URL", "MODEL_CARD_URL", "INSTANCE_LOCATION_URL", "VIEW_POSITION_URL",
+    "FINDING_ID_SYSTEM", "REVIEWER_ID_SYSTEM", "CDS_CODES", "OVERRIDE_REASON_SYSTEM", "CARDIAC_RISK_CODES",
+    "CMR_MEASURE_CODES", "MIAS_TISSUE_CODES", "BIRADS_DENSITY_SYSTEM", "SAX_STRUCTURE_SYSTEM", "AIAST", "PSEUDED", "REPORT_CODE", "RADIOLOGY", "IMAGING", "SURVEY",
     "INTERPRETATION", "CATEGORY_INTERPRETATION", "PRESENCE", "QUALITATIVE_RISK", "LOCAL_DISPLAYS", "coding",
     "EXTRA_MEASUREMENTS", "BODY_SITE_CODES", "FINDING_BODY_SITE", "UCUM_UNITS",
 ]
@@ -32,12 +33,20 @@ __all__ = [
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+#: DICOM Controlled Terminology (PS3.16): modality codes of ImagingStudy.series.modality.
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
 #: Identifier system of DICOM UIDs (values ``urn:oid:<uid>``).
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: RFC 3986 URI system (an ImagingStudy instance's sopClass ``urn:oid:<uid>``; read as a UID system too).
+URI_SYSTEM = "urn:ietf:rfc:3986"
 V3_OBS_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+#: HL7 v3 ActCode: Encounter.class (IMP, ACUTE).
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+#: HL7 data-absent-reason: why a value is missing (e.g. a censored lab value ``<x``).
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
@@ -57,6 +66,8 @@ SERIES_URL = CDS_STRUCTURE_DEFINITION + "dicom-series-uid"
 MODEL_CARD_URL = CDS_STRUCTURE_DEFINITION + "model-card"
 #: On an ImagingStudy instance: where its pixels are (valueUrl, a path relative to the Bundle or a URL).
 INSTANCE_LOCATION_URL = CDS_STRUCTURE_DEFINITION + "instance-location"
+#: On an ImagingStudy series: the DICOM View Position (valueCode: AP, PA, LL, RL).
+VIEW_POSITION_URL = CDS_STRUCTURE_DEFINITION + "view-position"
 #: Observation.identifier system whose value is ``Finding.id``.
 FINDING_ID_SYSTEM = CDS_BASE + "finding-id"
 #: Practitioner.identifier system of the review store's reviewer ids.
@@ -67,8 +78,15 @@ CDS_CODES = CDS_CODE_SYSTEM + "ai-result"
 OVERRIDE_REASON_SYSTEM = CDS_CODE_SYSTEM + "override-reason"
 #: Local code system of the cardiac-risk study (outcome, method).
 CARDIAC_RISK_CODES = CDS_CODE_SYSTEM + "cardiac-risk"
-#: Local code system of the CMR measures no LOINC code names (strain).
+#: Local code system of the CMR measures no LOINC code names (strain): LOINC has echo-specific strain codes
+#: only (e.g. 81401-2 "Left ventricular Maximum circumferential strain by US 2D"), none for CMR or method-neutral.
 CMR_MEASURE_CODES = CDS_CODE_SYSTEM + "cmr-measures"
+#: Local code system of the mini-MIAS background tissue classes (F, G, D) of the mammo-density task.
+MIAS_TISSUE_CODES = CDS_CODE_SYSTEM + "mias-background-tissue"
+#: Local code system of the ACR BI-RADS 5th edition breast composition categories (codes "A".."D"; Zoo adapter).
+BIRADS_DENSITY_SYSTEM = "urn:cds:codesystem:acr-birads-breast-density"
+#: Local code system of the Zoo ventricular bundle's structures; codes are its metadata ``channel_def`` names.
+SAX_STRUCTURE_SYSTEM = "urn:cds:codesystem:monai-zoo-ventricular-short-axis-3label"
 
 
 def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from cds.codes import CMR_MEASURE_CODES
 from cds.errors import ImageReadError, ModelInputError, ParameterError
 from cds.models.tasks import cmr_function as cmr
 from cds.models.tasks.phantom import (
@@ -230,7 +231,7 @@ def test_to_findings(bundle) -> None:
     ef = codes["10230-1"]
     assert ef.code_system == "http://loinc.org" and ef.unit == "%" and ef.value == 41.24
     assert ef.extra["ef_category"] == "reduced" and ef.interpretation == "measured"
-    assert codes["lv-gcs"].code_system == cmr.LOCAL_CODES and codes["75988-6"].unit == "mL"
+    assert codes["lv-gcs"].code_system == CMR_MEASURE_CODES and codes["75988-6"].unit == "mL"
     assert all(f.model_id == "cmr-function" for f in fs)
     assert Finding.from_dict(ef.to_dict()) == ef
     assert [cmr.ef_category(v) for v in (44.9, 45.0, 55.0, 55.1)] == ["reduced", "indeterminate", "indeterminate",

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import BIRADS_DENSITY_SYSTEM, SAX_STRUCTURE_SYSTEM, SNOMED
 from cds.errors import ModelInputError, ParameterError
 from cds.finding import Finding, Location
 from cds.models.bundle import BundleError
@@ -95,18 +96,15 @@ BREAST = "breast_density_classification"
 SAX = "ventricular_short_axis_3label"
 ZOO_BUNDLES: tuple[str, ...] = (LUNG, BREAST, SAX)
 
-SNOMED = "http://snomed.info/sct"
 PULMONARY_NODULE = ("27925004", "Nodule")  # the code of cds.models.tasks.ct_lung_nodule.OUTPUT_CODE (a test checks)
-#: Local code system for the ACR BI-RADS 5th edition breast composition categories (codes "A".."D").
-BIRADS_DENSITY_SYSTEM = "urn:cds:codesystem:acr-birads-breast-density"
+# BIRADS_DENSITY_SYSTEM (cds.codes): the ACR BI-RADS 5th edition breast composition categories "A".."D".
 BIRADS_DENSITY = {
     "A": "The breasts are almost entirely fatty",
     "B": "Scattered areas of fibroglandular density",
     "C": "Heterogeneously dense",
     "D": "Extremely dense",
 }
-#: Local code system for the ventricular bundle's structures; codes are its metadata ``channel_def`` names.
-SAX_STRUCTURE_SYSTEM = "urn:cds:codesystem:monai-zoo-ventricular-short-axis-3label"
+# SAX_STRUCTURE_SYSTEM (cds.codes): the ventricular bundle's structures, coded by its ``channel_def`` names.
 _SAX_DISPLAY = {"lv_pool": "Left ventricular blood pool", "myocardium": "Left ventricular myocardium",
                 "rv_pool": "Right ventricular blood pool"}
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])

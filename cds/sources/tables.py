@@ -26,13 +26,12 @@ from typing import Any
 
 import pandas as pd
 
+# INSTANCE_LOCATION_URL: the extension on ImagingStudy.series.instance giving the file (relative to the
+# Bundle file) or URL where that instance's pixels are; re-exported here for readers of the tables.
+from cds.codes import DICOM_UID_SYSTEM, INSTANCE_LOCATION_URL, URI_SYSTEM
 from cds.sources.fhir_read import Problem, RawResource
 
 __all__ = ["build_tables", "TABLE_COLUMNS", "INSTANCE_LOCATION_URL", "ref_id"]
-
-#: Extension on ImagingStudy.series.instance giving the file (relative to the Bundle file) or URL
-#: where that instance's pixels are.
-INSTANCE_LOCATION_URL = "https://cds.example.org/fhir/StructureDefinition/instance-location"
 
 TABLE_COLUMNS: dict[str, list[str]] = {
     "patients": ["patient_id", "sex", "birth_date", "deceased", "deceased_date", "age_years", "name", "source"],
@@ -110,7 +109,7 @@ def _patient_ref(res: dict[str, Any]) -> str | None:
 def _dicom_uid(identifiers: Any) -> str | None:
     for ident in identifiers or []:
         v = ident.get("value") if isinstance(ident, dict) else None
-        if isinstance(v, str) and ident.get("system") in ("urn:dicom:uid", "urn:ietf:rfc:3986"):
+        if isinstance(v, str) and ident.get("system") in (DICOM_UID_SYSTEM, URI_SYSTEM):
             return v.removeprefix("urn:oid:")
     return None
 

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cds.codes import SNOMED
 from cds.errors import ParameterError
 from cds.params import Param
 
@@ -94,7 +95,6 @@ __all__ = [
 SIMULATED_TAG = "SIMULATED READER"
 #: What tables and plots built from simulated reads say.
 SIMULATED_LABEL = "SIMULATED READERS"
-_SNOMED = "http://snomed.info/sct"
 METRICS = ("sensitivity", "specificity", "auroc")
 
 #: Parameters of notebooks/reader_study.ipynb.
@@ -215,7 +215,7 @@ def simulated_cases(n_cases: int = 120, prevalence: float = 0.5, ai_accuracy: fl
     p = 1.0 / (1.0 + np.exp(-z))
     rows = [{"case_id": f"sim-case-{i:04d}", "patient_id": f"sim-patient-{i:04d}", "study_uid": _uid(f"sim:{seed}:{i}"),
              "truth": int(y[i]), "ai_probability": round(float(p[i]), 6), "ai_threshold": 0.5, "ai_band_low": None,
-             "ai_band_high": None, "model_id": "simulated-ai", "model_version": "0", "code_system": _SNOMED,
+             "ai_band_high": None, "model_id": "simulated-ai", "model_version": "0", "code_system": SNOMED,
              "code": "233604007", "display": "Pneumonia",
              "source": f"SIMULATED cases (prevalence {prevalence}, AI accuracy {ai_accuracy}, seed {seed})"}
             for i in range(n_cases)]

@@ -45,6 +45,20 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from cds.codes import (
+    DATA_ABSENT_REASON,
+    DCM,
+    DICOM_UID_SYSTEM,
+    INSTANCE_LOCATION_URL,
+    LOINC,
+    OBS_CATEGORY,
+    SNOMED,
+    UCUM,
+    URI_SYSTEM,
+    V3_ACT_CODE,
+    V3_INTERPRETATION,
+    VIEW_POSITION_URL,
+)
 from cds.errors import FhirInputError, ImageReadError, ParameterError
 
 __all__ = [
@@ -67,11 +81,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Extension on ``ImagingStudy.series.instance``: where that instance's pixels are (``valueUrl``, a
-#: path relative to the Bundle file, or a URL). Same URL as :data:`cds.sources.tables.INSTANCE_LOCATION_URL`.
-INSTANCE_LOCATION_URL = "https://cds.example.org/fhir/StructureDefinition/instance-location"
-#: Extension on ``ImagingStudy.series``: the DICOM View Position (``valueCode``: AP, PA, LL, RL).
-VIEW_POSITION_URL = "https://cds.example.org/fhir/StructureDefinition/view-position"
+# INSTANCE_LOCATION_URL (where an ImagingStudy instance's pixels are) and VIEW_POSITION_URL (the series'
+# DICOM View Position) come from cds.codes, the one place of the package's URLs.
 #: Every Hannover patient's hospital admission day. The source only gives day offsets.
 HANNOVER_ANCHOR = date(2020, 4, 1)
 
@@ -80,15 +91,7 @@ HANNOVER_DOI = "10.6084/m9.figshare.12275009"
 #: Root of the UUID namespace for Hannover ``fullUrl``s (``urn:uuid:<uuid5>``).
 _FULLURL_NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.example.org/fhir_samples")
 
-# --- terminology ------------------------------------------------------------------------------
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+# --- terminology (code systems from cds.codes) -------------------------------------------------
 CHEST = {"system": SNOMED, "code": "51185008", "display": "Thoracic structure"}
 
 MODALITY_DISPLAY = {"CR": "Computed Radiography", "DX": "Digital Radiography"}
@@ -573,7 +576,7 @@ def _patient_resources(pid: str, rows: list[tuple[int, dict[str, str]]], lab_col
     hosp_id = f"{pid}-hospital"
     resources.append({
         "resourceType": "Encounter", "id": hosp_id, "meta": meta, "status": "unknown",
-        "class": {"system": ACT_CODE, "code": "IMP", "display": "inpatient encounter"},
+        "class": {"system": V3_ACT_CODE, "code": "IMP", "display": "inpatient encounter"},
         "type": [{"coding": [{"system": SNOMED, "code": "32485007", "display": "Hospital admission"}],
                   "text": "Hospital admission (COVID-19)"}],
         "subject": subject, "period": {"start": admission.isoformat()},
@@ -587,7 +590,7 @@ def _patient_resources(pid: str, rows: list[tuple[int, dict[str, str]]], lab_col
         resources.append({
             "resourceType": "Encounter", "id": icu_id, "meta": meta,
             "status": "finished" if icu_r is not None else "unknown",
-            "class": {"system": ACT_CODE, "code": "ACUTE", "display": "inpatient acute"},
+            "class": {"system": V3_ACT_CODE, "code": "ACUTE", "display": "inpatient acute"},
             "type": [{"coding": [{"system": SNOMED, "code": "305351004",
                                   "display": "Admission to intensive care unit"}], "text": "ICU stay"}],
             "subject": subject, "period": period, "partOf": {"reference": f"Encounter/{hosp_id}"},
@@ -607,7 +610,7 @@ def _patient_resources(pid: str, rows: list[tuple[int, dict[str, str]]], lab_col
         label = f"Chest {ex.view}"
         study: dict[str, Any] = {
             "resourceType": "ImagingStudy", "id": ex.image_id, "meta": meta,
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+            "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}],
             "status": "available", "modality": [modality], "subject": subject,
         }
         enc = encounter_of(ex.day)
@@ -625,7 +628,7 @@ def _patient_resources(pid: str, rows: list[tuple[int, dict[str, str]]], lab_col
                     "extension": [{"url": INSTANCE_LOCATION_URL,
                                    "valueUrl": f"../{_dicom_relpath(pid, ex.image_id)}"}],
                     "uid": sop_uid,
-                    "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{sop_class}",
+                    "sopClass": {"system": URI_SYSTEM, "code": f"urn:oid:{sop_class}",
                                  "display": sop_name},
                     "number": 1, "title": label,
                 }],
@@ -657,12 +660,12 @@ def _patient_resources(pid: str, rows: list[tuple[int, dict[str, str]]], lab_col
         else:
             below = val == "-inf"
             obs["dataAbsentReason"] = {
-                "coding": [{"system": DATA_ABSENT, "code": "negative-infinity" if below else "positive-infinity",
+                "coding": [{"system": DATA_ABSENT_REASON, "code": "negative-infinity" if below else "positive-infinity",
                             "display": "Negative Infinity (NINF)" if below else "Positive Infinity (PINF)"}],
                 "text": ("below" if below else "above") + f" the detection limit (source value {val})",
             }
             obs["interpretation"] = [{"coding": [{
-                "system": INTERPRETATION, "code": "<" if below else ">",
+                "system": V3_INTERPRETATION, "code": "<" if below else ">",
                 "display": "Off scale low" if below else "Off scale high"}]}]
             stats["labs_beyond_detection_limit"] += 1
         if spec.ref_text:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import CMR_MEASURE_CODES, LOINC
 from cds.errors import ModelInputError, ParameterError
 from cds.models import BUNDLES_DIR
 from cds.models.task import TrainableTask, image_ref
@@ -85,11 +86,6 @@ __all__ = [
 NAME = "cmr-function"
 MODEL_ID = "cmr-function"
 VERSION = "1.0.0"
-
-LOINC = "http://loinc.org"
-LOCAL_CODES = "https://cds.example.org/fhir/CodeSystem/cmr-measures"
-"""Local code system for the strains: LOINC has echo-specific strain codes only (e.g. 81401-2
-"Left ventricular Maximum circumferential strain by US 2D"), none for CMR or method-neutral."""
 
 NETWORK: dict[str, Any] = {
     "_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 4,
@@ -520,8 +516,9 @@ MEASURES = [
     ("ef_pct", LOINC, "10230-1", "Left ventricular Ejection fraction", "%"),
     ("edv_ml", LOINC, "75988-6", "Left ventricular End diastolic volume", "mL"),
     ("esv_ml", LOINC, "75989-4", "Left ventricular End systolic volume", "mL"),
-    ("gcs_pct", LOCAL_CODES, "lv-gcs", "Left ventricular global circumferential strain (CMR cine, mid-wall)", "%"),
-    ("grs_pct", LOCAL_CODES, "lv-grs", "Left ventricular global radial strain (CMR cine, wall thickening)", "%"),
+    ("gcs_pct", CMR_MEASURE_CODES, "lv-gcs", "Left ventricular global circumferential strain (CMR cine, mid-wall)",
+     "%"),
+    ("grs_pct", CMR_MEASURE_CODES, "lv-grs", "Left ventricular global radial strain (CMR cine, wall thickening)", "%"),
 ]
 
 
@@ -557,7 +554,7 @@ def to_findings(bundle: Any, pred: dict[str, Any], patient_id: str, study_uid: s
     """:class:`cds.finding.Finding` measurements (value + unit) for a :func:`predict` result.
 
     EF (LOINC 10230-1, %), EDV (LOINC 75988-6, mL), ESV (LOINC 75989-4, mL), GCS and GRS (local
-    code system :data:`LOCAL_CODES`, %). The EF finding carries ``extra["ef_category"]`` (reduced
+    code system :data:`cds.codes.CMR_MEASURE_CODES`, %). The EF finding carries ``extra["ef_category"]`` (reduced
     below 45 %, indeterminate 45-55 %, not reduced above 55 %; cut-off 50 %). Its
     ``interpretation`` is ``measured``: the Finding threshold rule (``value >= threshold`` is
     positive) cannot express "low is abnormal". A measurement that could not be made is left out.
@@ -836,15 +833,15 @@ def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) 
              "kind": "measurement", "unit": "mL"},
             {"code_system": LOINC, "code": "75989-4", "display": "Left ventricular End systolic volume",
              "kind": "measurement", "unit": "mL"},
-            {"code_system": LOCAL_CODES, "code": "lv-gcs", "display": "Left ventricular global circumferential "
+            {"code_system": CMR_MEASURE_CODES, "code": "lv-gcs", "display": "Left ventricular global circumferential "
              "strain (CMR cine, mid-wall)", "kind": "measurement", "unit": "%"},
-            {"code_system": LOCAL_CODES, "code": "lv-grs", "display": "Left ventricular global radial strain "
+            {"code_system": CMR_MEASURE_CODES, "code": "lv-grs", "display": "Left ventricular global radial strain "
              "(CMR cine, wall thickening)", "kind": "measurement", "unit": "%"},
         ],
         "coding_note": ("EF, EDV and ESV use LOINC (10230-1; 75988-6 and 75989-4 as used in HL7 FHIR "
                         "implementation-guide examples). LOINC's strain codes are echocardiography-specific "
                         "(e.g. 81401-2 '... circumferential strain by US 2D'), so GCS and GRS use the local code "
-                        f"system {LOCAL_CODES}."),
+                        f"system {CMR_MEASURE_CODES}."),
         "threshold": None,
         "indeterminate": None,
         "ef_rule": {"reduced_below_pct": EF_THRESHOLD, "indeterminate_pct": list(EF_BAND),

@@ -18,16 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from cds.codes import LOINC, SNOMED  # re-exported: tasks and older bundles import them from here
 from cds.errors import ModelInputError, ParameterError
 from cds.models.networks import tabular_cnn2d  # noqa: F401 - bundles written before 2026-12 name it here
 
 __all__ = ["SNOMED", "LOINC", "as_bundle", "load_comparator", "ehr_value", "findings_from_probability", "check_choice"]
-
-
-SNOMED = "http://snomed.info/sct"
-
-
-LOINC = "http://loinc.org"
 
 
 def as_bundle(bundle: Any) -> Any:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import SNOMED
 from cds.errors import ImageReadError, ModelInputError, ParameterError
 from cds.locations import BUNDLES_DIR, display_path
 from cds.models.task import TrainableTask, image_ref
@@ -88,7 +89,6 @@ MODEL_ID = "ct-lung-nodule"
 MODEL_VERSION = "0.1.0"
 DEFAULT_BUNDLE = BUNDLES_DIR / MODEL_ID
 DATA_SET = "lung-pet-ct-dx"
-SNOMED = "http://snomed.info/sct"
 OUTPUT_CODE = {"code_system": SNOMED, "code": "27925004", "display": "Nodule"}
 BODY_SITE = {"code_system": SNOMED, "code": "39607008", "display": "Lung structure"}
 HIT_IOU = 0.25

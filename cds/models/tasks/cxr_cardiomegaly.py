@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import SNOMED
 from cds.errors import ModelInputError
 from cds.evaluation.metrics import binary_metrics
 from cds.locations import display_path
@@ -42,7 +43,6 @@ from cds.models.explain import gradcam_map
 from cds.models.networks import predict_logits, sigmoid
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
-    SNOMED,
     as_bundle,
     check_choice,
     ehr_value,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import LOINC, SNOMED
 from cds.errors import ModelInputError
 from cds.evaluation.metrics import binary_metrics, round_metric
 from cds.locations import display_path
@@ -46,8 +47,6 @@ from cds.models.card_files import monai_metadata, write_performance
 from cds.models.networks import sigmoid
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.common2d import (
-    LOINC,
-    SNOMED,
     as_bundle,
     check_choice,
     ehr_value,

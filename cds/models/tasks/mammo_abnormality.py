@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import SNOMED
 from cds.errors import ModelInputError, ParameterError
 from cds.evaluation.metrics import round_metric
 from cds.locations import BUNDLES_DIR, display_path
@@ -64,7 +65,6 @@ MODEL_ID = "mammo-abnormality"
 MODEL_VERSION = "0.1.0"
 DATA_SET = "mini-mias"
 DEFAULT_BUNDLE = BUNDLES_DIR / MODEL_ID
-SNOMED = "http://snomed.info/sct"
 CODE = ("129714008", "Mammography finding")
 SIGMAS = (2.0, 2.83, 4.0, 5.66, 8.0, 11.31, 16.0)
 """Blob scales (Gaussian sigma) in working-grid pixels (400 um on mini-MIAS): 0.8-6.4 mm."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import MIAS_TISSUE_CODES as CODE_SYSTEM  # the task's local code system, named here too
 from cds.errors import ModelInputError, ParameterError
 from cds.evaluation.metrics import round_metric
 from cds.locations import BUNDLES_DIR, display_path
@@ -58,7 +59,6 @@ MODEL_ID = "mammo-density"
 MODEL_VERSION = "0.1.0"
 CLASSES = ("F", "G", "D")
 DISPLAYS = {"F": "Fatty", "G": "Fatty-glandular", "D": "Dense-glandular"}
-CODE_SYSTEM = "https://cds.example.org/fhir/CodeSystem/mias-background-tissue"
 DATA_SET = "mini-mias"
 DEFAULT_BUNDLE = BUNDLES_DIR / MODEL_ID
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cds.codes import SNOMED
 from cds.evaluation.metrics import binary_metrics
 from cds.locations import display_path
 from cds.models import BUNDLES_DIR
@@ -34,7 +35,7 @@ from cds.models.card_files import monai_metadata, write_performance
 from cds.models.explain import gradcam_map
 from cds.models.networks import predict_logits, sigmoid
 from cds.models.task import TrainableTask, image_ref
-from cds.models.tasks.common2d import SNOMED, as_bundle, check_choice, findings_from_probability
+from cds.models.tasks.common2d import as_bundle, check_choice, findings_from_probability
 from cds.models.tasks.inputs import DataLayoutError, default_data_dir, prepare_image
 from cds.models.training import band_around, youden_threshold
 
