@@ -508,22 +508,8 @@ def export_bundle(task: str, trained_dir: str | Path, out_root: str | Path, cal:
     meta["changelog"] = {version: f"model lab export of {src.model_id} {src.version} with {cal.method} calibration"}
     (dst / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     result = evaluate(task, data_dir, dst, n_boot=n_boot)
-    meta = write_performance(dst, result)
-    readme = dst / "docs" / "README.md"
-    readme.write_text(readme.read_text() + _calibration_markdown(meta["cds"]))
+    write_performance(dst, result)  # docs/README.md, its Calibration section included, from the one card renderer
     return dst
-
-
-def _calibration_markdown(card: dict[str, Any]) -> str:
-    c = card.get("calibration") or {}
-    lines = ["", "## Calibration", "", f"- method: {c.get('method')}; parameters: {json.dumps(c.get('params'))[:300]}",
-             f"- fitted on: {(c.get('fit') or {}).get('description')} (n = {(c.get('fit') or {}).get('n')})",
-             f"- applied in: {c.get('applied_in')}",
-             f"- threshold {c.get('threshold_before_calibration')} -> {card.get('threshold')} ({c.get('mapping_note')})"]
-    for row in c.get("evaluation_on_test_part") or []:
-        lines.append(f"- test part, {row.get('probabilities')}: ECE {row.get('ece')} (95 % CI {row.get('ece_ci95')}), "
-                     f"Brier {row.get('brier')}, AUROC {row.get('auroc')}")
-    return "\n".join(lines) + "\n"
 
 
 def card_summary(bundle_dir: str | Path) -> dict[str, Any]:

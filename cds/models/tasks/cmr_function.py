@@ -53,6 +53,7 @@ import numpy as np
 from cds.codes import CMR_MEASURE_CODES, LOINC
 from cds.errors import ModelInputError, ParameterError
 from cds.models import BUNDLES_DIR
+from cds.models.card_markdown import readme_for, write_readme
 from cds.models.task import TrainableTask, image_ref
 
 if TYPE_CHECKING:
@@ -79,7 +80,6 @@ __all__ = [
     "evaluate",
     "write_performance",
     "refresh_performance",
-    "render_readme",
     "train",
 ]
 
@@ -899,43 +899,6 @@ def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) 
     )
 
 
-def _fmt(m: dict[str, Any]) -> str:
-    v, ci = m.get("value"), m.get("ci95") or [None, None]
-    if v is None:
-        return "undefined"
-    lo, hi = ("?" if c is None else f"{c:.2f}" for c in ci)
-    return f"{v:.2f} (95 % CI {lo} to {hi})"
-
-
-def render_readme(meta: dict[str, Any]) -> str:
-    """The human-readable model card (markdown) of this bundle from its ``metadata.json``."""
-    c = meta.get("cds", {})
-    lines = [f"# {meta.get('name')} (version {meta.get('version')})", "", meta.get("description", ""), "",
-             "**Validated ONLY on synthetic phantoms (cds.models.tasks.phantom). Real-data validation is pending. Not for "
-             "clinical use.**", "", "## Intended use", "", c.get("intended_use", ""), "", "## Outputs", ""]
-    for o in c.get("outputs", []):
-        lines.append(f"- {o['display']} ({o['code_system']} {o['code']}), {o.get('unit')}")
-    lines += ["", c.get("coding_note", ""), "", f"EF rule: {json.dumps(c.get('ef_rule'))}", "",
-              "## Measurement definitions", ""]
-    lines += [f"- {k}: {v}" for k, v in c.get("measurement_definitions", {}).items()]
-    perf = c.get("performance")
-    if perf:
-        lines += ["", "## Performance (synthetic phantoms only)", "",
-                  f"{perf.get('n_cases')} held-out phantom cases ({perf.get('split')}); data: {perf.get('data')}.",
-                  ""]
-        for k, m in perf.get("metrics", {}).items():
-            tgt = f", target <= {m['target']}" if k.endswith("_mae") and m.get("target") is not None else ""
-            lines.append(f"- {k}: {_fmt(m)} {m.get('unit', '')}{tgt}")
-        lines += ["", "Targets met: " + json.dumps(perf.get("targets_met")), "",
-                  f"Regenerate the data: `{perf.get('data_command')}`", "",
-                  f"Reproduce: `{perf.get('evaluation_command')}`", ""]
-        lines += [f"- note: {n}" for n in perf.get("notes", [])]
-    lines += ["", "## Training data", "", "```json", json.dumps(c.get("training_data", {}), indent=2), "```", "",
-              "## Limitations", ""] + [f"- {x}" for x in c.get("limitations", [])]
-    lines += ["", "## Published context", ""] + [f"- {x}" for x in c.get("context", [])] + [""]
-    return "\n".join(lines)
-
-
 PERFORMANCE_KEYS = ("data", "split", "n_cases", "targets", "metrics", "bootstrap", "notes", "evaluation_command")
 
 
@@ -959,8 +922,7 @@ def write_performance(bundle_dir: str | Path, result: dict[str, Any], data_label
     meta["cds"]["performance"] = perf
     meta["eval_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
     p.write_text(json.dumps(meta, indent=2) + "\n")
-    (Path(bundle_dir) / "docs").mkdir(exist_ok=True)
-    (Path(bundle_dir) / "docs" / "README.md").write_text(render_readme(meta))
+    write_readme(bundle_dir)
     return meta
 
 
@@ -1002,7 +964,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
                 inference_extra={"classes": list(CLASSES), "pad_multiple": PAD_MULTIPLE,
                                  "input_channels": list(INPUT_CHANNELS),
                                  "normalisation": "per slice / 99th percentile over its frames, clip [0, 3]"},
-                readme=render_readme(meta))
+                readme=readme_for(meta))
     refresh_performance(out, eval_n, n_boot=200 if quick else 2000)
     return out
 

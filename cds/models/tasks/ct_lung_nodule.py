@@ -34,7 +34,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -48,6 +47,7 @@ import numpy as np
 from cds.codes import SNOMED
 from cds.errors import ImageReadError, ModelInputError, ParameterError
 from cds.locations import BUNDLES_DIR, display_path
+from cds.models.card_markdown import readme_for
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks.lung_ct import (
     CANDIDATE_FEATURES,
@@ -882,7 +882,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     save_bundle(out, card, net_def, net.state_dict(), inference_extra=extra)
     perf = evaluate(data, out, n_boot=2000)
     card["cds"]["performance"] = _performance_section(perf, data)
-    save_bundle(out, card, net_def, net.state_dict(), inference_extra=extra, readme=_readme(card))
+    save_bundle(out, card, net_def, net.state_dict(), inference_extra=extra, readme=readme_for(card))
     return out
 
 
@@ -998,51 +998,6 @@ def _card(thr: float, band: list[float], training: dict[str, Any], cfg: Detector
             "detector": cfg.to_dict(),
         },
     }
-
-
-def _readme(card: dict[str, Any]) -> str:
-    c = card["cds"]
-    p = c.get("performance", {})
-    m = p.get("metrics", {})
-
-    def fmt(k: str) -> str:
-        v = m.get(k, {})
-        return f"{v.get('value', float('nan')):.3g} (95 % CI {v.get('ci95', ['?', '?'])[0]:.3g}-{v.get('ci95', ['?', '?'])[1]:.3g})"
-
-    lines = [
-        f"# {card['name']} — `{c['model_id']}` {card['version']}",
-        "",
-        f"**Intended use.** {c['intended_use']}",
-        "",
-        f"**Proxy for.** {c['proxy_for']}",
-        "",
-        "## What is learned, on what",
-        f"- {c['learned']['what']}.",
-        f"- Trained on: {c['training_data']['nodule_model']}; {c['training_data']['train_side']}.",
-        f"- {c['training_data']['n_synthetic_nodules']} synthetic nodules in {c['training_data']['n_synthetic_volumes']} "
-        f"copies; {c['training_data']['split']}.",
-        f"- Held-out synthetic: {json.dumps(c['training_data']['held_out_synthetic'])}",
-        "",
-        "## Operating point",
-        f"- threshold {c['threshold']:.3f}; indeterminate band {c['indeterminate'][0]:.3f}-{c['indeterminate'][1]:.3f} "
-        f"({c['threshold_rule']}).",
-        "",
-        "## Performance on real data",
-        f"- Data: {p.get('data', '?')}",
-        f"- Lesion sensitivity {fmt('lesion_sensitivity')}; false positives per series {fmt('fp_per_series')}; "
-        f"box sensitivity {fmt('box_sensitivity')}.",
-        "- FROC sensitivity at 1/2/4/8 FP per series: "
-        + ", ".join(f"{p.get('froc', {}).get('sensitivity_at_fp', {}).get(k, float('nan')):.2f}" for k in ("1", "2", "4", "8")),
-        f"- Hit rule: {p.get('hit_rule', '')}",
-        *[f"- {x}" for x in p.get("caveats", [])],
-        "",
-        "## Limitations",
-        *[f"- {x}" for x in c["limitations"]],
-        "",
-        f"Output: SNOMED CT {c['outputs'][0]['code']} '{c['outputs'][0]['display']}'. {c['outputs'][0]['note']}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------- the task

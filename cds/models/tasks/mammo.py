@@ -681,25 +681,20 @@ def training_hashes(bundle: Any) -> set[str]:
     return set(json.loads(p.read_text()).get("sha256", {}).values())
 
 
-def write_performance(bundle_dir: str | Path, result: dict[str, Any], keys: Any,
-                      extra_readme: Any = None) -> dict[str, Any]:
+def write_performance(bundle_dir: str | Path, result: dict[str, Any], keys: Any) -> dict[str, Any]:
     """Copy an ``evaluate`` result (``keys``) into the card's ``performance`` section and MONAI
-    ``eval_metrics``, and re-render ``docs/README.md`` (common layout plus ``extra_readme(perf)``)."""
+    ``eval_metrics``, and re-render ``docs/README.md`` by the one model-card renderer
+    (:func:`cds.models.card_markdown.write_readme`; FROC, per-class and confusion tables come from the card)."""
     import json
 
-    from cds.models.card_files import render_readme
+    from cds.models.card_markdown import write_readme
 
     p = Path(bundle_dir) / "configs" / "metadata.json"
     meta = json.loads(p.read_text())
-    perf = {k: result[k] for k in keys if k in result}
-    meta["cds"]["performance"] = perf
+    meta["cds"]["performance"] = {k: result[k] for k in keys if k in result}
     meta["eval_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
     p.write_text(json.dumps(meta, indent=2) + "\n")
-    text = render_readme(meta).replace(", None positive.", ".")
-    if extra_readme is not None:
-        text += "\n".join(extra_readme(perf)) + "\n"
-    (Path(bundle_dir) / "docs").mkdir(exist_ok=True)
-    (Path(bundle_dir) / "docs" / "README.md").write_text(text)
+    write_readme(bundle_dir)
     return meta
 
 

@@ -314,19 +314,8 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     out = save_bundle(out_dir, card, net_def, mammo.linear_state_dict(W, b))
     mammo.write_training_images(out, [im["refnum"] for im in ds["images"]], [im["sha256"] for im in ds["images"]])
     res = evaluate(root, out, n_boot=200 if quick else 2000, _dataset_cache=ds)
-    mammo.write_performance(out, res, PERFORMANCE_KEYS, _extra_readme)
+    mammo.write_performance(out, res, PERFORMANCE_KEYS)
     return out
-
-
-def _extra_readme(perf: dict[str, Any]) -> list[str]:
-    lines = ["## FROC (candidate level)", "", "| FP per image | sensitivity | threshold |", "| --- | --- | --- |"]
-    for p in perf.get("froc", []):
-        lines.append(f"| {p['fp_per_image']} | {p['sensitivity']} | {p['threshold']} |")
-    lines += ["", "## Detection by abnormality class (operating point)", "", "| class | hit / marked |",
-              "| --- | --- |"]
-    for k, v in perf.get("by_class", {}).items():
-        lines.append(f"| {k} | {v['hit']} / {v['n']} |")
-    return lines + [""]
 
 
 def _card(root: Path, ds: dict[str, Any], C: float, Cs: Any, threshold: float, quick: bool,

@@ -223,21 +223,12 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     out = save_bundle(out_dir, card, net_def, mammo.linear_state_dict(W, b))
     mammo.write_training_images(out, ds["refs"], ds["hashes"])
     res = evaluate(root, out, n_boot=200 if quick else 2000, _dataset_cache=ds)
-    mammo.write_performance(out, res, PERFORMANCE_KEYS, _extra_readme)
+    mammo.write_performance(out, res, PERFORMANCE_KEYS)
     return out
 
 
 PERFORMANCE_KEYS = ("data", "split", "split_rule", "n_cases", "n_patients", "metrics", "confusion_matrix",
                     "class_counts", "bootstrap", "notes", "evaluation_command")
-
-
-def _extra_readme(perf: dict[str, Any]) -> list[str]:
-    cm = perf["confusion_matrix"]
-    lines = ["## Confusion matrix", "", "Rows = MIAS BG label, columns = model.", "",
-             "| | " + " | ".join(cm["labels"]) + " |", "| --- " * (len(cm["labels"]) + 1) + "|"]
-    for lab, row in zip(cm["labels"], cm["counts"], strict=True):
-        lines.append(f"| {lab} | " + " | ".join(str(x) for x in row) + " |")
-    return lines + [""]
 
 
 def _card(data_dir: Path, n: int, n_women: int, C: float, Cs: Any, quick: bool, seed: int,
