@@ -69,6 +69,7 @@ from cds.fhir.ids import (
     urn,
 )
 from cds.finding import Finding, Location
+from cds.models.card import ModelCard
 from cds.models.card_markdown import model_card_markdown
 
 __all__ = [
@@ -177,18 +178,30 @@ def assembler_display() -> str:
 # --------------------------------------------------------------------------------------- model cards
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model as the builders need it: id, version, its card (``cds`` section) and MONAI metadata."""
+    """A model as the builders need it: id, version, its card (``cds`` section) and MONAI metadata.
+
+    ``model_card`` is the card parsed (:class:`cds.models.card.ModelCard`; parsed from ``card`` when
+    not given); the builders read it, the raw ``card`` only feeds the Markdown model card.
+
+    >>> ModelInfo("m", "1", {"threshold": 0.5, "name": "Toy"}).model_card.threshold, ModelInfo("m", "1").name
+    (0.5, 'm')
+    """
 
     model_id: str
     version: str
     card: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None
+    model_card: ModelCard = None  # type: ignore[assignment]  # parsed from ``card`` in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.model_card is None:
+            object.__setattr__(self, "model_card", ModelCard.from_dict(self.card))
 
     @property
     def name(self) -> str:
         """The human name (MONAI ``name``, card ``name``, else the id)."""
-        return str(self.metadata.get("name") or self.card.get("name") or self.model_id)
+        return str(self.metadata.get("name") or self.model_card.name or self.model_id)
 
     @property
     def display(self) -> str:
@@ -208,11 +221,12 @@ def model_info(model_id: str, version: str, cards: Mapping[str, Any]) -> ModelIn
     if entry is None:
         raise ParameterError("cards", f"no model card for model {model_id!r} (findings name it); pass "
                                       f"cards={{{model_id!r}: Bundle or metadata.json dict}}")
-    folder = None
+    folder, parsed = None, None
     if hasattr(entry, "card") and hasattr(entry, "metadata"):
         metadata = dict(entry.metadata)
         card = dict(entry.card)
         folder = getattr(getattr(entry, "path", None), "name", None)
+        parsed = getattr(entry, "model_card", None)  # a Bundle's card is parsed already
     elif isinstance(entry, Mapping):
         if isinstance(entry.get("cds"), Mapping):
             metadata, card = dict(entry), dict(entry["cds"])
@@ -220,11 +234,13 @@ def model_info(model_id: str, version: str, cards: Mapping[str, Any]) -> ModelIn
             metadata, card = {}, dict(entry)
     else:
         raise ParameterError(f"cards[{model_id!r}]", f"expected a cds.models.bundle.Bundle or a dict, got {type(entry).__name__}")
-    card_version = metadata.get("version", card.get("version"))
+    if not isinstance(parsed, ModelCard):
+        parsed = ModelCard.from_dict(card, where=f"cards[{model_id!r}]")
+    card_version = metadata.get("version", parsed.version)
     if card_version is not None and str(card_version) != str(version):
         raise ParameterError(f"cards[{model_id!r}]", f"model card is version {card_version} but the findings "
                                                      f"come from version {version}; pass the card of that version")
-    return ModelInfo(model_id, str(version), card, metadata, folder)
+    return ModelInfo(model_id, str(version), card, metadata, folder, parsed)
 
 
 # ------------------------------------------------------------------------------------------- context
@@ -284,8 +300,9 @@ def device(m: ModelInfo, findings: Sequence[Finding]) -> dict[str, Any]:
     for label, key in (("MONAI", "monai_version"), ("PyTorch", "pytorch_version")):
         if m.metadata.get(key):
             versions.append({"type": {"text": label}, "value": str(m.metadata[key])})
-    thr = m.card.get("threshold", next((f.threshold for f in findings if f.threshold is not None), None))
-    band = m.card.get("indeterminate") or next((f.indeterminate for f in findings if f.indeterminate), None)
+    c = m.model_card
+    thr = c.threshold if c.threshold is not None else next((f.threshold for f in findings if f.threshold is not None), None)
+    band = c.indeterminate or next((f.indeterminate for f in findings if f.indeterminate), None)
     props = []
     if _finite(thr) is not None:
         props.append({"type": _local("decision-threshold"), "valueQuantity": [quantity(_finite(thr))]})
@@ -295,7 +312,7 @@ def device(m: ModelInfo, findings: Sequence[Finding]) -> dict[str, Any]:
     note = f"AI model {m.model_id} version {m.version}; model card: DocumentReference {doc} (Markdown)."
     if m.folder:
         note += f" MONAI bundle folder: {m.folder}."
-    use = m.card.get("intended_use") or m.metadata.get("intended_use")
+    use = c.intended_use or m.metadata.get("intended_use")
     if use:
         note += f" Intended use: {use}"
     dev: dict[str, Any] = {
@@ -308,7 +325,7 @@ def device(m: ModelInfo, findings: Sequence[Finding]) -> dict[str, Any]:
     dev.update({"deviceName": names, "type": {"text": "Artificial-Intelligence"}, "version": versions})
     if props:
         dev["property"] = props
-    url = m.card.get("model_card_url") or m.metadata.get("url")
+    url = c.model_card_url or m.metadata.get("url")
     if isinstance(url, str) and url:
         dev["url"] = url
     dev["note"] = [{"text": note}]
@@ -335,7 +352,7 @@ def _body_site(f: Finding, run: RunContext, codes_: Mapping[str, Mapping[str, st
     bs = f.extra.get("body_site") if isinstance(f.extra, Mapping) else None
     if isinstance(bs, Mapping) and bs.get("code"):
         return concept(str(bs.get("code_system", SNOMED)), str(bs["code"]), bs.get("display"))
-    candidates = [FINDING_BODY_SITE.get((f.code_system, f.code)), run.body_site, run.model.card.get("body_site")]
+    candidates = [FINDING_BODY_SITE.get((f.code_system, f.code)), run.body_site, run.model.model_card.body_site]
     if isinstance(bs, str):
         candidates.insert(0, bs)
     for text in candidates:
@@ -363,7 +380,7 @@ def _class_components(f: Finding, model: ModelInfo) -> list[dict[str, Any]]:
     probs = f.extra.get("class_probabilities")
     if not isinstance(probs, Mapping):
         return []
-    displays = {str(o.get("code")): o.get("display") for o in model.card.get("outputs", []) if isinstance(o, Mapping)}
+    displays = {o.code: o.display for o in model.model_card.outputs}
     out = []
     for cls in sorted(probs, key=str):
         p = _finite(probs[cls])
@@ -456,12 +473,12 @@ def observation(f: Finding, run: RunContext, body_site_codes: Mapping[str, Mappi
 
 
 # ---------------------------------------------------------------------------------- risk assessment
-def _horizon(card: Mapping[str, Any]) -> dict[str, Any] | None:
-    h = card.get("horizon")
-    if isinstance(h, Mapping) and _finite(h.get("high")) is not None:
+def _horizon(card: ModelCard) -> dict[str, Any] | None:
+    h = card.horizon
+    if h is not None and _finite(h.get("high")) is not None:
         unit = str(h.get("unit", "d"))
         return {"low": quantity(_finite(h.get("low")) or 0.0, unit), "high": quantity(_finite(h["high"]), unit)}
-    days = _finite(card.get("horizon_days"))
+    days = _finite(card.horizon_days)
     if days is not None:
         return {"low": quantity(0.0, "d"), "high": quantity(days, "d")}
     return None
@@ -512,13 +529,13 @@ def finding_risk_assessment(f: Finding, run: RunContext, ehr_observation_ids: Se
     interp = f.interpretation
     score = f.score
     pred: dict[str, Any] = {"outcome": concept(f.code_system, f.code, f.display)}
-    calibrated = m.card.get("calibrated") is True
+    calibrated = m.model_card.calibrated is True
     p = _finite(f.probability)
     if calibrated and p is not None:
         pred["probabilityDecimal"] = p
     elif interp in QUALITATIVE_RISK:
         pred["qualitativeRisk"] = {"coding": [dict(QUALITATIVE_RISK[interp])]}
-    when = _horizon(m.card)
+    when = _horizon(m.model_card)
     if when:
         pred["whenRange"] = when
     rationale = f"AI model {m.model_id} {m.version}: score {_fmt(score) if score is not None else 'n/a'}"

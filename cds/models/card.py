@@ -14,6 +14,23 @@ and the key. The keys are documented in :mod:`cds.models.bundle`.
 Traceback (most recent call last):
 ...
 cds.models.bundle.BundleError: x/metadata.json: cds.threshold: expected a number, got 'high'
+
+Keys some cards carry (a derived, calibrated model; a prognostic one; the cards' published context):
+
+>>> c = ModelCard.from_dict({"name": "Toy", "version": "1.0", "calibrated": True, "horizon_days": 30,
+...                          "model_card_url": "https://example.org/card", "context": ["Bhave 2024"],
+...                          "hyperparameters": {"C_grid": [0.1, 1.0]}, "calibration": {"method": "temperature"},
+...                          "derived_from": {"model_id": "pneumonia", "version": "1.0.0"}})
+>>> c.name, c.version, c.calibrated, c.horizon_days, c.model_card_url, c.context, c.hyperparameters["C_grid"]
+('Toy', '1.0', True, 30.0, 'https://example.org/card', ('Bhave 2024',), [0.1, 1.0])
+>>> c.calibration["method"], c.derived_from["model_id"]
+('temperature', 'pneumonia')
+>>> ModelCard.from_dict({}).calibrated is None, ModelCard.from_dict({}).horizon
+(True, None)
+>>> ModelCard.from_dict({"calibrated": "yes"})
+Traceback (most recent call last):
+...
+cds.models.bundle.BundleError: configs/metadata.json: cds.calibrated: expected true or false, got 'yes'
 """
 
 from __future__ import annotations
@@ -47,6 +64,15 @@ def _band(d: dict[str, Any], where: str) -> tuple[float, float] | None:
             or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v) or v[0] > v[1]):
         raise _error(where, "indeterminate", f"expected [low, high] with low <= high, got {v!r}")
     return float(v[0]), float(v[1])
+
+
+def _mapping(d: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _error(where, key, f"expected an object, got {v!r}")
+    return dict(v)
 
 
 def _texts(v: Any) -> tuple[str, ...]:
@@ -103,6 +129,16 @@ class ModelCard:
     weights: str = "model.pt"
     activation: str | None = None
     max_detections: int = 20
+    name: str | None = None
+    version: str | None = None
+    calibrated: bool | None = None
+    horizon: dict[str, Any] | None = None
+    horizon_days: float | None = None
+    model_card_url: str | None = None
+    context: tuple[str, ...] = ()
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    derived_from: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ehr_inputs(self) -> list[dict[str, Any]]:
@@ -131,6 +167,13 @@ class ModelCard:
         max_det = d.get("max_detections", 20)
         if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
             raise _error(where, "max_detections", f"expected a whole number >= 1, got {max_det!r}")
+        calibrated = d.get("calibrated")
+        if calibrated is not None and not isinstance(calibrated, bool):
+            raise _error(where, "calibrated", f"expected true or false, got {calibrated!r}")
+        url = d.get("model_card_url")
+        if url is not None and not isinstance(url, str):
+            raise _error(where, "model_card_url", f"expected a text, got {url!r}")
+        horizon = d.get("horizon")
         return cls(
             model_id=d.get("model_id"), task=d.get("task"), kind=d.get("kind"),
             modality=_texts(d.get("modality")), body_site=d.get("body_site"),
@@ -140,4 +183,10 @@ class ModelCard:
             limitations=_texts(d.get("limitations")), prognostic=bool(d.get("prognostic", False)),
             training_data=dict(d.get("training_data") or {}), performance=dict(d.get("performance") or {}),
             weights=str(d.get("weights", "model.pt")), activation=act, max_detections=max_det,
+            name=None if d.get("name") is None else str(d["name"]),
+            version=None if d.get("version") is None else str(d["version"]),
+            calibrated=calibrated, horizon=None if horizon is None else _mapping(d, "horizon", where),
+            horizon_days=_number(d, "horizon_days", where), model_card_url=url,
+            context=_texts(d.get("context")), hyperparameters=_mapping(d, "hyperparameters", where),
+            calibration=_mapping(d, "calibration", where), derived_from=_mapping(d, "derived_from", where),
         )

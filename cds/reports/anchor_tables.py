@@ -12,10 +12,12 @@ if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help``
 
     import pandas as pd
 
+    from cds.models.card import ModelCard
 
 
-def _card_number(card: Mapping[str, Any], names: Sequence[str]) -> tuple[str | None, Mapping[str, Any] | None]:
-    metrics = (card.get("performance") or {}).get("metrics") or {}
+
+def _card_number(card: ModelCard, names: Sequence[str]) -> tuple[str | None, Mapping[str, Any] | None]:
+    metrics = card.performance.get("metrics") or {}
     for n in names:
         if isinstance(metrics.get(n), Mapping):
             return n, metrics[n]
@@ -34,9 +36,9 @@ def anchor_rows(ctx: ReportContext) -> list[dict[str, Any]]:
         if mid not in installed:
             return {"our model": mid, "our number (model card)": "model not installed",
                     "our number (this report)": "-"}
-        card = ctx.registry.get(mid).card
+        card = ctx.registry.get(mid).model_card
         name, m = _card_number(card, metric_names)
-        perf = card.get("performance") or {}
+        perf = card.performance
         card_txt = "-" if m is None else f"{name} {format_ci(m)} on {perf.get('data', '?')} " \
                                          f"(n={perf.get('n_cases', '?')}, split {perf.get('split', '?')})"
         rep = evaluate(ctx, mid) if mid in ctx.models else None
@@ -60,8 +62,8 @@ def anchor_rows(ctx: ReportContext) -> list[dict[str, Any]]:
     for mid in ctx.models:
         if mid in anchored:
             continue
-        ctxt = ctx.registry.get(mid).card.get("context") or []
-        note = ctxt[0] if isinstance(ctxt, list) and ctxt else "no published anchor in docs/STACK.md"
+        ctxt = ctx.registry.get(mid).model_card.context
+        note = ctxt[0] if ctxt else "no published anchor in docs/STACK.md"
         rows.append({"anchor": "(none in STACK.md)", "published": "-", "task": ctx.registry.task_of(mid),
                      **ours(mid, ("auroc",)), "caveats": f"Model card context: {note}"})
     return rows

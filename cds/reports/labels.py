@@ -68,5 +68,5 @@ def study_labels(ctx: ReportContext, mid: str) -> pd.DataFrame | None:
     if key not in ctx.cache:
         src = LABEL_SOURCES.get(ctx.registry.task_of(mid))
         ctx.cache[key] = None if src is None else \
-            src[0](ctx.cohort, eligible_studies(ctx.registry.get(mid).card, ctx.studies))
+            src[0](ctx.cohort, eligible_studies(ctx.registry.get(mid).model_card, ctx.studies))
     return ctx.cache[key]

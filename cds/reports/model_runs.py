@@ -21,13 +21,14 @@ if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help``
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from cds.models.card import ModelCard
 
 
-def eligible_studies(card: Mapping[str, Any], studies: pd.DataFrame) -> pd.DataFrame:
-    mods = card.get("modality")
-    if mods:
-        mods = [mods] if isinstance(mods, str) else list(mods)
-        return studies[studies["modality"].isin(mods)]
+
+def eligible_studies(card: ModelCard, studies: pd.DataFrame) -> pd.DataFrame:
+    """The studies of a modality the card declares (every study when it declares none)."""
+    if card.modality:
+        return studies[studies["modality"].isin(list(card.modality))]
     return studies
 
 
@@ -48,7 +49,7 @@ def run_models(ctx: ReportContext, progress: bool = True) -> None:
     """Run every model on its eligible studies in the window; collect findings and per-study failures."""
     for mid in ctx.models:
         b = ctx.registry.get(mid)
-        rows = eligible_studies(b.card, ctx.studies)
+        rows = eligible_studies(b.model_card, ctx.studies)
         t0 = time.perf_counter()
         res = ctx.registry.run(mid, ctx.cohort, studies=rows, progress=progress)
         ctx.timings[f"model:{mid}"] = time.perf_counter() - t0
@@ -69,10 +70,10 @@ def card_for(ctx: ReportContext, mid: str) -> Any:
 
 
 def model_threshold(ctx: ReportContext, mid: str) -> tuple[Any, Any, str]:
-    card = ctx.registry.get(mid).card
+    card = ctx.registry.get(mid).model_card
     if mid in ctx.params["thresholds"]:
         return ctx.params["thresholds"][mid], None, "parameter"
-    return card.get("threshold"), card.get("indeterminate"), "model card"
+    return card.threshold, list(card.indeterminate) if card.indeterminate else None, "model card"
 
 
 def findings_frame(ctx: ReportContext) -> pd.DataFrame:
@@ -108,7 +109,7 @@ def findings_table(ctx: ReportContext) -> pd.DataFrame:
         rows.append({"model": mid, "version": b.version, "task": ctx.registry.task_of(mid),
                      "threshold": thr, "threshold from": src,
                      "indeterminate band": "-" if not band else f"{band[0]:.3g} to {band[1]:.3g}",
-                     "eligible studies": int(eligible_studies(b.card, ctx.studies)["study_uid"].nunique()),
+                     "eligible studies": int(eligible_studies(b.model_card, ctx.studies)["study_uid"].nunique()),
                      "studies with findings": int(ff["study_uid"].nunique()),
                      **{k: int(counts.get(k, 0)) for k in ("positive", "indeterminate", "negative", "measured")},
                      "failed studies": int((fails["model_id"] == mid).sum())})

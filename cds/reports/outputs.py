@@ -39,7 +39,7 @@ def _model_metrics(ctx: ReportContext, mid: str) -> dict[str, Any]:
     tri = triage(ctx, mid)["summary"]
     return {
         "version": b.version, "task": ctx.registry.task_of(mid), "threshold": thr, "threshold_from": src,
-        "indeterminate": band, "eligible_studies": int(eligible_studies(b.card, ctx.studies)["study_uid"].nunique()),
+        "indeterminate": band, "eligible_studies": int(eligible_studies(b.model_card, ctx.studies)["study_uid"].nunique()),
         "findings": int(len(ff)), "studies_with_findings": int(ff["study_uid"].nunique()),
         "failed_studies": int(len(fm)),
         "failures_by_error": {str(k): int(v) for k, v in fm["error"].value_counts().sort_index().items()},

@@ -110,8 +110,7 @@ def evaluate(ctx: ReportContext, mid: str) -> dict[str, Any] | None:
         res["calibration_bins"] = bins.to_dict("records")
         fpr, tpr = roc_points(y, p)
         res["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-    card = ctx.registry.get(mid).card
-    res["card_calibrated"] = bool(card.get("calibrated"))
+    res["card_calibrated"] = bool(ctx.registry.get(mid).model_card.calibrated)
     res["training_overlap"] = _training_overlap(ctx.registry.get(mid), ev["patient_id"].tolist())
     sexes = ev["patient_id"].map(dict(zip(ctx.cohort.patients["patient_id"], ctx.cohort.patients["sex"],
                                           strict=True))).fillna("unknown")

@@ -76,7 +76,7 @@ def triage(ctx: ReportContext, mid: str) -> dict[str, Any]:
     key = f"triage:{mid}"
     if key in ctx.cache:
         return ctx.cache[key]
-    rows = eligible_studies(ctx.registry.get(mid).card, ctx.studies)
+    rows = eligible_studies(ctx.registry.get(mid).model_card, ctx.studies)
     wl = build_worklist(rows, model_findings(ctx, mid), now=ctx.reference)
     if wl.empty:
         ctx.cache[key] = {"table": wl, "summary": {"model": mid, "studies": 0}}

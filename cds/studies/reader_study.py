@@ -163,10 +163,10 @@ def cases_from_model(task: str = "pneumonia", data_dir: str | Path | None = None
     if n_cases > len(labels):
         raise ParameterError("n_cases", f"{n_cases} cases asked; {path} has {len(labels)} {used}_ images")
     b = load_bundle(bundle if bundle is not None else pneumonia.default_bundle_dir())
-    card = b.card
+    card = b.model_card
     x_all = np.stack([prepare_image(a, pneumonia.IMAGE_SIZE) for a in images])
     p_all = sigmoid(predict_logits(b.network(), x_all))
-    wrong = (p_all >= float(card["threshold"])) != labels.astype(bool)
+    wrong = (p_all >= float(card.threshold)) != labels.astype(bool)
     rng = np.random.default_rng([seed, 7])
     chosen = np.flatnonzero(wrong)[: n_cases // 2] if enrich_ai_errors else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(len(labels)), chosen)
@@ -177,16 +177,16 @@ def cases_from_model(task: str = "pneumonia", data_dir: str | Path | None = None
         n_neg, n_pos = len(neg), n_cases - len(chosen) - len(neg)
     idx = np.sort(np.concatenate([chosen, rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]))
     p = p_all[idx]
-    band = card.get("indeterminate") or [None, None]
-    out = card["outputs"][0]
+    band = card.indeterminate or (None, None)
+    out = card.outputs[0]
     rows = []
     for k, i in enumerate(idx):
         cid = f"{used}_{i:05d}"
         rows.append({"case_id": cid, "patient_id": f"medmnist-{used}-{i:05d}", "study_uid": _uid(f"{path.name}:{cid}"),
                      "truth": int(labels[i]), "ai_probability": round(float(p[k]), 6),
-                     "ai_threshold": card.get("threshold"), "ai_band_low": band[0], "ai_band_high": band[1],
-                     "model_id": b.model_id, "model_version": b.version, "code_system": out["code_system"],
-                     "code": out["code"], "display": out["display"],
+                     "ai_threshold": card.threshold, "ai_band_low": band[0], "ai_band_high": band[1],
+                     "model_id": b.model_id, "model_version": b.version, "code_system": out.code_system,
+                     "code": out.code, "display": out.display,
                      "source": f"{b.model_id} {b.version} on {path.name} {used}_ (real images and labels"
                                + (f"; enriched with all {int(wrong.sum())} AI errors)" if enrich_ai_errors else ")")})
     return pd.DataFrame(rows, columns=_CASE_COLUMNS)

@@ -330,7 +330,11 @@ def _score_bar(score: float, threshold: float | None, band: Sequence[float] | No
 
 
 def finding_card_html(finding: Any, card: dict[str, Any] | None = None, review: dict[str, Any] | None = None) -> str:
-    """One Finding: what, score against threshold and band, interpretation, model + card, EHR inputs, review."""
+    """One Finding: what, score against threshold and band, interpretation, model + card, EHR inputs, review.
+
+    ``card`` is the model card as shown (``{"name", "version", "html", "path"}``, see
+    :func:`cds.explorer.app.model_cards`), not the ``metadata.json`` section.
+    """
     f = finding
     interp = f.interpretation
     score = f.score
@@ -344,12 +348,12 @@ def finding_card_html(finding: Any, card: dict[str, Any] | None = None, review: 
     band = (f" · indeterminate between {f.indeterminate[0]:.3g} and {f.indeterminate[1]:.3g}"
             if f.indeterminate else "")
     bar = _score_bar(float(score), f.threshold, f.indeterminate) if score is not None else ""
-    card = card or {}
-    model_name = card.get("name") or f.model_id
-    card_body = card.get("html") or ""
+    shown = card or {}
+    model_name = shown.get("name") or f.model_id
+    card_body = shown.get("html") or ""
     card_link = (f'<details class="cds-model-card"><summary>model card</summary><div style="max-height:320px;'
                  f'overflow:auto;border:1px solid #ddd;padding:4px;background:#fff">{card_body}'
-                 f'<div class="cds-muted">{esc(card.get("path", ""))}</div></div></details>' if card_body
+                 f'<div class="cds-muted">{esc(shown.get("path", ""))}</div></div></details>' if card_body
                  else '<span class="cds-muted">(no model card found)</span>')
     ehr = {k: v for k, v in (f.ehr_inputs or {}).items() if ":" not in k and "." not in k}
     ehr_txt = (", ".join(f"{esc(k)} = {esc(v)}" for k, v in ehr.items()) if ehr

@@ -368,9 +368,9 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     sub = df.loc[keep].reset_index(drop=True)
     y, groups = sub["Cardiomegaly"].to_numpy(), sub["Patient ID"].to_numpy()
     x, tab = _images(sub), _tabular(sub)
-    card = b.card
+    card = b.model_card
     p = sigmoid(predict_logits(b.network(), x, tab))
-    metrics = binary_metrics(y, p, card.get("threshold"), groups, n_boot=n_boot, spec_target=SPEC_TARGET)
+    metrics = binary_metrics(y, p, card.threshold, groups, n_boot=n_boot, spec_target=SPEC_TARGET)
     comparisons: dict[str, Any] = {}
     comps = b.inference.get("comparators", {})
     if "image_only" in comps:
@@ -404,8 +404,8 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "n_patients": int(sub["Patient ID"].nunique()),
         "n_positive": int(y.sum()),
         "n_positive_patients": int(sub.loc[sub["Cardiomegaly"] == 1, "Patient ID"].nunique()),
-        "threshold": card.get("threshold"),
-        "indeterminate": card.get("indeterminate"),
+        "threshold": card.threshold,
+        "indeterminate": list(card.indeterminate) if card.indeterminate else None,
         "metrics": metrics,
         "comparisons": comparisons,
         "bootstrap": {"n_boot": n_boot, "unit": "patient", "seed": 0, "method": "percentile"},
@@ -434,7 +434,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None, gradcam: 
     logit = float(predict_logits(net, x[None], tab[None])[0])
     cam = gradcam_map(net, x, tab, out_shape=raw.shape) if gradcam else None
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.model_card.indeterminate,
             "gradcam": cam, "gradcam_layer": net.last_layer if gradcam else None, "ehr_used": used}
 
 

@@ -527,7 +527,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
             probs[k] = _predict_recipe(load_comparator(b, k), spec["feature_recipe"], cohort, img)
         if overlap:
             notes.append("The folder includes training patients: 'all' numbers are optimistic.")
-    thr = b.card.get("threshold", THRESHOLD)
+    thr = b.model_card.threshold if b.model_card.threshold is not None else THRESHOLD
     metrics = binary_metrics(y, probs["combined"], thr, None, n_boot=n_boot)
     comparisons: dict[str, Any] = {}
     for k in ("image_only", "labs_only"):
@@ -558,7 +558,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "n_positive": int(y.sum()),
         "excluded": info["excluded"],
         "threshold": thr,
-        "indeterminate": b.card.get("indeterminate"),
+        "indeterminate": list(b.model_card.indeterminate) if b.model_card.indeterminate else None,
         "metrics": metrics,
         "comparisons": comparisons,
         "bootstrap": {"n_boot": n_boot, "unit": "patient", "seed": 0, "method": "percentile"},
@@ -610,7 +610,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None) -> dict[s
     logit = float(z @ w + float(net.bias.detach().numpy()[0]))
     contrib = {n: round(float(c), 4) for n, c in zip(recipe["feature_names"], z * w, strict=True)}
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.model_card.indeterminate,
             "image_features": dict(zip(IMAGE_FEATURES, (round(float(v), 4) for v in img[0]), strict=True)),
             "contributions": contrib, "gradcam": None, "ehr_used": used}
 

@@ -236,10 +236,10 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     """
     images, labels, used, path = load_split(data_dir, split)
     b = as_bundle(bundle_dir if bundle_dir is not None else default_bundle_dir())
-    card = b.card
+    card = b.model_card
     p = sigmoid(predict_logits(b.network(), _prepare(images))) if len(labels) else np.zeros(0)
     notes = ["MedMNIST has no patient ids: the bootstrap resamples images, not patients."]
-    td = card.get("training_data", {})
+    td = card.training_data
     if used == "train" and td.get("sha256") == _sha256(path):
         notes.append("These are the model's own training images: the numbers are optimistic.")
     if labels.min(initial=1) == labels.max(initial=0):
@@ -255,9 +255,9 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "n_cases": int(len(labels)),
         "n_patients": None,
         "n_positive": int(labels.sum()),
-        "threshold": card.get("threshold"),
-        "indeterminate": card.get("indeterminate"),
-        "metrics": binary_metrics(labels, p, card.get("threshold"), None, n_boot=n_boot),
+        "threshold": card.threshold,
+        "indeterminate": list(card.indeterminate) if card.indeterminate else None,
+        "metrics": binary_metrics(labels, p, card.threshold, None, n_boot=n_boot),
         "bootstrap": {"n_boot": n_boot, "unit": "image", "seed": 0, "method": "percentile"},
         "notes": notes,
         "evaluation_command": f"cds evaluate pneumonia --data {disp} --json",
@@ -279,7 +279,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None, gr
     logit = float(predict_logits(net, x[None])[0])
     cam = gradcam_map(net, x, None, out_shape=raw.shape) if gradcam else None
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
-            "threshold": b.model_card.threshold, "indeterminate": b.card.get("indeterminate"),
+            "threshold": b.model_card.threshold, "indeterminate": b.model_card.indeterminate,
             "gradcam": cam, "gradcam_layer": net.last_layer if gradcam else None, "ehr_used": {}}
 
 
