@@ -200,7 +200,7 @@ def training_summary(bundle_dir: str | Path) -> pd.DataFrame:
     """What the card says about training: data, split, counts, epochs, seed, recipe, command."""
     from cds.models.bundle import load_bundle
 
-    td = load_bundle(bundle_dir).card.get("training_data", {})
+    td = load_bundle(bundle_dir).model_card.training_data
     keys = ("name", "path", "split", "n", "n_positive", "epochs", "seed", "recipe", "training_command")
     return pd.DataFrame({"value": [td.get(k) for k in keys]}, index=list(keys))
 
@@ -475,11 +475,12 @@ def export_bundle(task: str, trained_dir: str | Path, out_root: str | Path, cal:
                           "params": cal.to_dict()["params"], "base": base_def}
     (dst / "configs" / "inference.json").write_text(json.dumps(inf, indent=2) + "\n")
     state = torch.load(src.weights_path, map_location="cpu", weights_only=True)
-    torch.save({f"base.{k}": v for k, v in state.items()}, dst / "models" / src.card.get("weights", "model.pt"))
+    torch.save({f"base.{k}": v for k, v in state.items()}, dst / "models" / src.model_card.weights)
 
     meta = json.loads((dst / "configs" / "metadata.json").read_text())
     card = meta["cds"]
-    t_old, band_old = card.get("threshold"), card.get("indeterminate")
+    t_old, band_old = src.model_card.threshold, src.model_card.indeterminate  # dst is a copy of src
+    band_old = list(band_old) if band_old else None
     card["model_id"] = model_id
     card["threshold"] = cal.transform_threshold(t_old)
     if band_old:
@@ -517,19 +518,17 @@ def card_summary(bundle_dir: str | Path) -> dict[str, Any]:
     from cds.models.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
-    c = b.card
-    cal = c.get("calibration") or {}
-    perf = c.get("performance") or {}
+    c = b.model_card
+    cal, perf = c.calibration, c.performance
     return {
-        "model_id": b.model_id, "version": b.version, "task": c.get("task"), "calibrated": c.get("calibrated"),
+        "model_id": b.model_id, "version": b.version, "task": c.task, "calibrated": c.calibrated,
         "calibration_method": cal.get("method"),
         "temperature": (cal.get("params") or {}).get("temperature"),
-        "threshold": c.get("threshold"), "indeterminate": c.get("indeterminate"),
-        "derived_from": f"{(c.get('derived_from') or {}).get('model_id')} "
-                        f"{(c.get('derived_from') or {}).get('version')}",
+        "threshold": c.threshold, "indeterminate": list(c.indeterminate) if c.indeterminate else None,
+        "derived_from": f"{c.derived_from.get('model_id')} {c.derived_from.get('version')}",
         "performance_data": perf.get("data"), "performance_split": perf.get("split"),
         "auroc": (perf.get("metrics") or {}).get("auroc"),
-        "limitations": len(c.get("limitations") or []),
+        "limitations": len(c.limitations),
     }
 
 

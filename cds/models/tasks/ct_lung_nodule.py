@@ -568,7 +568,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     if not data.is_dir():
         raise ParameterError("data_dir", f"{data} is not a folder")
     b = _bundle(bundle_dir)
-    card = b.card
+    card = b.model_card
     ann = _read_annotations(data)
     folders = find_series_folders(data)
     if not folders:
@@ -588,7 +588,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         res, cands, n_les = _series_result(b, s, ann)
         n_matched += res.box_hit.shape[1]
         results.append(res)
-        t = float(card.get("threshold", 0.5))
+        t = float(card.threshold if card.threshold is not None else 0.5)
         best = None
         for rank, (c, row) in enumerate(zip(cands, res.lesion_hit, strict=True)):
             if row.any():
@@ -612,7 +612,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     if unmatched:
         warnings.warn(f"{data / 'annotations.csv'}: {unmatched} box rows match no CT slice found under {data}",
                       stacklevel=2)
-    thr = float(card.get("threshold", 0.5))
+    thr = float(card.threshold if card.threshold is not None else 0.5)
     metrics = _metrics_at(results, thr, n_boot)
     return {
         "task": NAME,
@@ -624,7 +624,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
         "n_boxes": int(n_matched),
         "n_boxes_unmatched": int(unmatched),
         "threshold": thr,
-        "indeterminate": card.get("indeterminate"),
+        "indeterminate": list(card.indeterminate) if card.indeterminate else None,
         "hit_rule": (f"candidate centre voxel within the lesion's slice range +-{SLICE_TOLERANCE} slice and inside "
                      f"the annotated box of the nearest annotated slice, or 3D voxel-box IoU >= {HIT_IOU}; "
                      "lesions = annotated boxes merged across adjacent overlapping slices; extra hits on a "

@@ -475,7 +475,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     root = Path(data_dir) if data_dir is not None else default_data_dir(DATA_SET)
     b = _load(bundle_dir)
     ds = _private.get("_dataset_cache") or _dataset(root)
-    seed = int(b.card.get("training_data", {}).get("seed", 0))
+    seed = int(b.model_card.training_data.get("seed", 0))
     seen_hash = mammo.training_hashes(b)
     seen_img = np.array([im["sha256"] in seen_hash for im in ds["images"]])
     n_all = len(ds["images"])
@@ -485,7 +485,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     excluded: list[dict[str, Any]] = []
     if seen_img.all():
         split = "cross-validated"
-        Cs = b.card.get("hyperparameters", {}).get("C_grid", C_GRID)
+        Cs = b.model_card.hyperparameters.get("C_grid", C_GRID)
         women_img = np.array([im["woman"] for im in ds["images"]])
         chosen = []
         for te_w in np.unique(women_img):
@@ -502,7 +502,7 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     else:
         split = "unseen"
         W, bb = mammo.bundle_linear(b)
-        t = float(b.card["threshold"])
+        t = float(b.model_card.threshold)
         scores = mammo.linear_proba(W, bb, ds["X"]) if len(ds["X"]) else scores
         called = scores >= t
         keep_img = ~seen_img
@@ -616,7 +616,7 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None = None) ->
     W, bb = mammo.bundle_linear(b)
     if W.shape[1] != len(FEATURE_NAMES):
         raise ModelInputError(str(b.path), f"bundle expects {W.shape[1]} features, this code makes {len(FEATURE_NAMES)}")
-    t = float(b.card["threshold"])
+    t = float(b.model_card.threshold)
     s = mammo.linear_proba(W, bb, cands["X"]) if len(cands["X"]) else np.zeros(0)
     order = np.argsort(-s, kind="stable")
     out = [{"row": float(cands["rc_original"][i, 0]), "col": float(cands["rc_original"][i, 1]),

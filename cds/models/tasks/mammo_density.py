@@ -345,14 +345,14 @@ def evaluate(data_dir: str | Path | None = None, bundle_dir: str | Path | None =
     root = Path(data_dir) if data_dir is not None else default_data_dir(DATA_SET)
     b = _load(bundle_dir)
     ds = _private.get("_dataset_cache") or _dataset(root)
-    seed = int(b.card.get("training_data", {}).get("seed", 0))
+    seed = int(b.model_card.training_data.get("seed", 0))
     train_hashes = mammo.training_hashes(b)
     seen = np.array([h in train_hashes for h in ds["hashes"]])
     excluded = list(ds["excluded"])
     notes = []
     if seen.all():
         split = "cross-validated"
-        Cs = b.card.get("hyperparameters", {}).get("C_grid", C_GRID)
+        Cs = b.model_card.hyperparameters.get("C_grid", C_GRID)
         probs, chosen = _nested_cv(ds["X"], ds["y"], ds["women"], Cs, INNER_FOLDS)
         keep = np.ones(len(ds["y"]), bool)
         notes.append("Every image is a training image: predictions are nested leave-one-woman-out "
