@@ -214,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cds: error: {args.command}: {hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `cds run ... --json | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
 
 
 if __name__ == "__main__":

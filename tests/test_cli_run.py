@@ -109,3 +109,19 @@ def test_train_and_evaluate_go_through_the_task_objects(monkeypatch: pytest.Monk
     assert "split: task 'ct-lung-nodule' takes no option 'split'" in capsys.readouterr().err
     assert main(["evaluate", "nope", "--data", "d"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_json_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """``cds run ... --json | head -c 0``: the reader left before the output; cds exits 0 without a traceback."""
+    import subprocess
+    import sys
+
+    from cds.locations import sample_cohort_dir
+
+    dcm = next(sample_cohort_dir().rglob("*.dcm"))
+    proc = subprocess.Popen([sys.executable, "-m", "cds.cli", "run", "pneumonia", str(dcm), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdout is not None
+    proc.stdout.close()  # closed before the model has loaded: every write of the JSON hits a closed pipe
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
