@@ -456,3 +456,15 @@ def test_cli_param_name_value_is_type_checked_before_work(tmp_path: Path) -> Non
     r = subprocess.run([sys.executable, "-m", "cds.cli", "report", "--out", str(tmp_path / "o"),
                         "--param", "no_such_parameter=1"], capture_output=True, text=True)
     assert r.returncode == 2 and "no_such_parameter" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_cohort_without_icu_stays_still_gets_a_report(samples_dir, tmp_path):
+    """The shipped Synthea patients alone: no ICU Encounter anywhere (the ICU label step used to crash)."""
+    cohort = tmp_path / "synthea"
+    shutil.copytree(samples_dir / "synthea", cohort)
+    result = rp.run_report(cohort, tmp_path / "out", FAST, progress=False)
+    res = json.loads(Path(result["results_json"]).read_text())
+    assert res["schema"] == "cds.results/1" and Path(result["html"]).is_file()
+    # every Synthea ImagingStudy in the sample cohort is pixel-less: each eligible study is a recorded failure
+    assert res["n_findings"] == 0 and all(f["model_id"] in MODELS for f in res["failures"])

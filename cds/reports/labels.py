@@ -32,6 +32,12 @@ def icu_labels(cohort: Any, studies: pd.DataFrame) -> pd.DataFrame:
     ...     "started": pd.to_datetime(["2020-04-01", "2020-04-03", "2020-04-02", "2020-04-01"], utc=True)})
     >>> icu_labels(SimpleNamespace(encounters=enc), st)[["study_uid", "label", "evaluate"]].values.tolist()
     [['1', 1.0, True], ['2', nan, False], ['3', nan, False], ['4', 0.0, True]]
+
+    A cohort without any ICU stay (e.g. Synthea only) labels every first study 0:
+
+    >>> none = SimpleNamespace(encounters=enc.assign(type="General examination"))
+    >>> icu_labels(none, st)["label"].tolist()
+    [0.0, 0.0, 0.0, 0.0]
     """
     import numpy as np
     import pandas as pd
@@ -43,7 +49,7 @@ def icu_labels(cohort: Any, studies: pd.DataFrame) -> pd.DataFrame:
     first_icu = pd.to_datetime(icu["start"], utc=True).dt.normalize().groupby(icu["patient_id"]).min()
     s = studies.drop_duplicates("study_uid")[["patient_id", "study_uid", "started"]].copy()
     day = pd.to_datetime(s["started"], utc=True).dt.normalize()
-    icu_day = s["patient_id"].map(first_icu)
+    icu_day = pd.to_datetime(s["patient_id"].map(first_icu.to_dict()), utc=True)  # datetime even with no ICU stay at all
     label = np.where(icu_day.isna(), 0.0, np.where(icu_day >= day, 1.0, np.nan))
     label = np.where(day.isna() & icu_day.notna(), np.nan, label)
     s["label"] = label
