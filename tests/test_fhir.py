@@ -84,6 +84,22 @@ def test_ndjson_bulk_export(tmp_path: Path) -> None:
     assert (len(c.patients), len(c.encounters), len(c.observations), len(c.problems)) == (1, 1, 1, 0)
 
 
+def test_files_starting_with_a_utf8_bom_load(tmp_path: Path) -> None:
+    """Windows tools often write a byte order mark first: the JSON after it is valid and loads."""
+    (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle(PATIENT, ENCOUNTER)).encode())
+    (tmp_path / "Observation.ndjson").write_bytes(b"\xef\xbb\xbf" + json.dumps(OBS).encode() + b"\n")
+    c = cds.load_cohort(tmp_path)
+    assert (len(c.patients), len(c.encounters), len(c.observations), len(c.problems)) == (1, 1, 1, 0)
+
+
+def test_an_ndjson_line_holding_a_bundle_is_expanded(tmp_path: Path) -> None:
+    """A Bundle on one ndjson line gives its entries (it used to vanish without a problem recorded)."""
+    lines = [json.dumps(bundle(PATIENT, ENCOUNTER)), json.dumps(OBS)]
+    (tmp_path / "export.ndjson").write_text("\n".join(lines) + "\n")
+    c = cds.load_cohort(tmp_path)
+    assert (len(c.patients), len(c.encounters), len(c.observations), len(c.problems)) == (1, 1, 1, 0)
+
+
 def test_single_resource_file_is_accepted(tmp_path: Path) -> None:
     write(tmp_path / "patient.json", PATIENT)
     assert list(cds.load_cohort(tmp_path).patients["patient_id"]) == ["p1"]

@@ -102,9 +102,13 @@ def _from_document(obj: Any, source: str, out: list[RawResource], problems: list
         out.append(RawResource(res, source, i, entry.get("fullUrl")))
 
 
+_BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte order mark some Windows tools write first; valid JSON text after it is read as is."""
+
+
 def _read_json_file(path: Path, out: list[RawResource], problems: list[Problem]) -> None:
     try:
-        obj = orjson.loads(path.read_bytes())
+        obj = orjson.loads(path.read_bytes().removeprefix(_BOM))
     except orjson.JSONDecodeError as exc:
         problems.append(_json_error(path, exc))
         return
@@ -114,6 +118,8 @@ def _read_json_file(path: Path, out: list[RawResource], problems: list[Problem])
 def _read_ndjson_file(path: Path, out: list[RawResource], problems: list[Problem]) -> None:
     with path.open("rb") as fh:
         for lineno, line in enumerate(fh, start=1):
+            if lineno == 1:
+                line = line.removeprefix(_BOM)
             if not line.strip():
                 continue
             try:
@@ -125,6 +131,9 @@ def _read_ndjson_file(path: Path, out: list[RawResource], problems: list[Problem
             if not isinstance(obj, dict) or "resourceType" not in obj:
                 problems.append(Problem(str(path), lineno, None, None, "not-fhir",
                                         f"line {lineno} is not a FHIR resource"))
+                continue
+            if obj["resourceType"] == "Bundle":  # a whole Bundle on one line: its entries, like a .json file
+                _from_document(obj, f"{path}#line{lineno}", out, problems)
                 continue
             out.append(RawResource(obj, str(path), lineno, None))
 
