@@ -52,15 +52,19 @@ PERFORMANCE_KEYS = ("data", "split", "split_rule", "n_cases", "n_patients", "n_p
                     "metrics", "comparisons", "bootstrap", "notes", "evaluation_command")
 
 
-def write_performance(bundle_dir: str | Path, result: dict[str, Any]) -> dict[str, Any]:
+def write_performance(bundle_dir: str | Path, result: dict[str, Any], keys: Any = None,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy an ``evaluate`` result into the card's ``performance`` section (and MONAI ``eval_metrics``).
 
-    The card numbers are therefore exactly what ``evaluate`` returned; ``docs/README.md`` is
-    re-rendered from the updated card. Returns the updated metadata.
+    ``keys`` are the result keys copied (default :data:`PERFORMANCE_KEYS`); ``extra`` entries are set
+    on the performance section after them (a task's own facts, e.g. targets met). The card numbers are
+    therefore exactly what ``evaluate`` returned; ``docs/README.md`` is re-rendered from the updated
+    card. Returns the updated metadata.
     """
     p = Path(bundle_dir) / "configs" / "metadata.json"
     meta = json.loads(p.read_text())
-    meta["cds"]["performance"] = {k: result[k] for k in PERFORMANCE_KEYS if k in result}
+    meta["cds"]["performance"] = {k: result[k] for k in (PERFORMANCE_KEYS if keys is None else keys) if k in result}
+    meta["cds"]["performance"].update(extra or {})
     meta["eval_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
     p.write_text(json.dumps(meta, indent=2) + "\n")
     write_readme(bundle_dir)

@@ -41,7 +41,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -53,7 +52,7 @@ import numpy as np
 from cds.codes import CMR_MEASURE_CODES, LOINC
 from cds.errors import ModelInputError, ParameterError
 from cds.models import BUNDLES_DIR
-from cds.models.card_markdown import readme_for, write_readme
+from cds.models.card_markdown import readme_for
 from cds.models.task import TrainableTask, image_ref
 
 if TYPE_CHECKING:
@@ -909,9 +908,9 @@ def write_performance(bundle_dir: str | Path, result: dict[str, Any], data_label
     ``data_label`` / ``data_command`` replace the (temporary) data path by a description and the
     command that regenerates the folder; the evaluation command then reads ``--data <DIR>``.
     """
-    p = Path(bundle_dir) / "configs" / "metadata.json"
-    meta = json.loads(p.read_text())
-    perf = {k: result[k] for k in PERFORMANCE_KEYS if k in result}
+    from cds.models import card_files
+
+    perf: dict[str, Any] = {}
     if data_label:
         perf["data"] = data_label
         perf["evaluation_command"] = result["evaluation_command"].replace(result["data"], "<DIR>")
@@ -919,11 +918,7 @@ def write_performance(bundle_dir: str | Path, result: dict[str, Any], data_label
         perf["data_command"] = data_command
     perf["targets_met"] = {k: bool(result["metrics"][f"{k}_mae"]["value"] <= t)
                            for k, t in TARGETS.items() if f"{k}_mae" in result["metrics"]}
-    meta["cds"]["performance"] = perf
-    meta["eval_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
-    p.write_text(json.dumps(meta, indent=2) + "\n")
-    write_readme(bundle_dir)
-    return meta
+    return card_files.write_performance(bundle_dir, result, PERFORMANCE_KEYS, extra=perf)
 
 
 def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None, seed: int = 0,

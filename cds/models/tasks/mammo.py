@@ -65,7 +65,6 @@ __all__ = [
     "bundle_linear",
     "write_training_images",
     "training_hashes",
-    "write_performance",
     "laterality_from_ehr",
 ]
 
@@ -679,23 +678,6 @@ def training_hashes(bundle: Any) -> set[str]:
     if not p.is_file():
         return set()
     return set(json.loads(p.read_text()).get("sha256", {}).values())
-
-
-def write_performance(bundle_dir: str | Path, result: dict[str, Any], keys: Any) -> dict[str, Any]:
-    """Copy an ``evaluate`` result (``keys``) into the card's ``performance`` section and MONAI
-    ``eval_metrics``, and re-render ``docs/README.md`` by the one model-card renderer
-    (:func:`cds.models.card_markdown.write_readme`; FROC, per-class and confusion tables come from the card)."""
-    import json
-
-    from cds.models.card_markdown import write_readme
-
-    p = Path(bundle_dir) / "configs" / "metadata.json"
-    meta = json.loads(p.read_text())
-    meta["cds"]["performance"] = {k: result[k] for k in keys if k in result}
-    meta["eval_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
-    p.write_text(json.dumps(meta, indent=2) + "\n")
-    write_readme(bundle_dir)
-    return meta
 
 
 def laterality_from_ehr(ehr: dict[str, Any] | None) -> str | None:

@@ -34,6 +34,7 @@ from cds.codes import SNOMED
 from cds.errors import ModelInputError, ParameterError
 from cds.evaluation.metrics import round_metric
 from cds.locations import BUNDLES_DIR, display_path
+from cds.models.card_files import write_performance
 from cds.models.task import TrainableTask, image_ref
 from cds.models.tasks import mammo
 from cds.models.tasks.inputs import default_data_dir
@@ -314,7 +315,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     out = save_bundle(out_dir, card, net_def, mammo.linear_state_dict(W, b))
     mammo.write_training_images(out, [im["refnum"] for im in ds["images"]], [im["sha256"] for im in ds["images"]])
     res = evaluate(root, out, n_boot=200 if quick else 2000, _dataset_cache=ds)
-    mammo.write_performance(out, res, PERFORMANCE_KEYS)
+    write_performance(out, res, PERFORMANCE_KEYS)
     return out
 
 
