@@ -110,6 +110,13 @@ REPORT_CODE = coding(LOINC, "18748-4", "Diagnostic imaging study")
 RADIOLOGY = coding(V2_0074, "RAD", "Radiology")
 IMAGING = coding(OBS_CATEGORY, "imaging", "Imaging")
 SURVEY = coding(OBS_CATEGORY, "survey", "Survey")
+#: Why a model gave no answer (a :class:`cds.finding.Failure` state) -> HL7 data-absent-reason.
+NO_ANSWER_REASON = {
+    "outside-intended-use": coding(DATA_ABSENT_REASON, "not-applicable", "Not Applicable"),
+    "input-rejected": coding(DATA_ABSENT_REASON, "not-performed", "Not Performed"),
+    "record-mismatch": coding(DATA_ABSENT_REASON, "not-performed", "Not Performed"),
+    "failed": coding(DATA_ABSENT_REASON, "error", "Error"),
+}
 
 #: Finding interpretation -> v3 ObservationInterpretation.
 INTERPRETATION: dict[str, dict[str, str]] = {

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CdsError", "FhirInputError", "ImageReadError", "ParameterError", "ModelInputError"]
+__all__ = ["CdsError", "FhirInputError", "ImageReadError", "ParameterError", "ModelInputError", "NoAnswer",
+           "RecordMismatchError", "InputQualityError", "OutsideIntendedUseError", "StudyTimeLimitError"]
 
 
 class CdsError(Exception):
@@ -34,3 +35,40 @@ class ParameterError(_Located):
 
 class ModelInputError(_Located):
     """A model cannot run on a case: a declared input (image or EHR value) is missing."""
+
+
+class NoAnswer(ModelInputError):
+    """A model must not answer for this input; ``state`` says which kind of refusal it is (the
+    :attr:`cds.finding.Failure.state` and the worklist's AI state), ``where`` what was checked."""
+
+    state = "failed"
+
+
+class RecordMismatchError(NoAnswer):
+    """The image is not the one its FHIR ImagingStudy describes (patient, study, series, instance or
+    modality differ): it may be another patient's study.
+
+    >>> e = RecordMismatchError("PatientID", "file says 'p2', the ImagingStudy's patient is 'p1'")
+    >>> e.state, str(e)
+    ('record-mismatch', "PatientID: file says 'p2', the ImagingStudy's patient is 'p1'")
+    """
+
+    state = "record-mismatch"
+
+
+class InputQualityError(NoAnswer):
+    """The pixels fail the input quality gate (blank, non-finite, impossible geometry, or out of the
+    model's training distribution)."""
+
+    state = "input-rejected"
+
+
+class OutsideIntendedUseError(NoAnswer):
+    """The study is outside the model card's intended population or inputs (age, view, modality,
+    resolution, body part)."""
+
+    state = "outside-intended-use"
+
+
+class StudyTimeLimitError(_Located):
+    """One study ran past the per-study time limit of a cohort run."""

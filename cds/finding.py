@@ -28,7 +28,7 @@ from typing import Any, Literal
 Interpretation = Literal["positive", "negative", "indeterminate", "measured"]
 LocationKind = Literal["point", "box", "mask"]
 
-__all__ = ["Finding", "Failure", "Location", "interpret", "EXTRA_KEYS"]
+__all__ = ["Finding", "Failure", "FAILURE_STATES", "FAILURE_LABELS", "Location", "interpret", "EXTRA_KEYS"]
 
 EXTRA_KEYS: dict[str, str] = {
     # explanation
@@ -245,12 +245,16 @@ _CONTEXT_FIELDS = ("imaging_study_id", "study_started", "study_body_site", "ehr_
 class Failure:
     """A study a model gave no Finding for, and why: the typed record beside :class:`Finding`.
 
-    ``state`` says which kind of "no answer" it is: ``failed`` (the model or its input could not be
-    run: ``error`` is the exception class, ``message`` the reason naming the input).
+    ``state`` says which kind of "no answer" it is (:data:`FAILURE_STATES`): ``failed`` (the model or
+    its input could not be run), ``record-mismatch`` (the image is not the one its ImagingStudy
+    describes), ``input-rejected`` (the quality gate refused the pixels) or ``outside-intended-use``
+    (the study is outside the model card's intended population or inputs). ``error`` is the exception
+    class, ``message`` the reason naming the input. ``model_version``, ``imaging_study_id`` and
+    ``study_started`` are the study-record facts the FHIR writer cites (see :meth:`Finding.record_dict`).
 
     >>> f = Failure("p1", "1.2.3", "pneumonia", "ImageReadError", "a.dcm: truncated")
-    >>> Failure.from_dict(f.to_dict()) == f, f.to_dict()["state"]
-    (True, 'failed')
+    >>> Failure.from_dict(f.to_dict()) == f, f.to_dict()["state"], f.answered
+    (True, 'failed', False)
     """
 
     patient_id: str
@@ -260,13 +264,39 @@ class Failure:
     message: str
     series_uid: str | None = None
     state: str = "failed"
+    model_version: str | None = None
+    imaging_study_id: str | None = None
+    study_started: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in FAILURE_STATES:
+            raise ValueError(f"Failure.state must be one of {', '.join(FAILURE_STATES)}, got {self.state!r}")
+
+    @property
+    def answered(self) -> bool:
+        """Always False: a Failure is a study the model gave no answer for (the worklist shows why)."""
+        return False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the form of ``results.json`` ``failures``)."""
         return asdict(self)
 
+    def record_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the study-record context (the form of ``results.json``)."""
+        d = self.to_dict()
+        for k in ("imaging_study_id", "study_started"):
+            d.pop(k, None)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Failure:
         """Inverse of :meth:`to_dict`; unknown keys are ignored, missing optional ones default."""
-        keys = {"patient_id", "study_uid", "model_id", "error", "message", "series_uid", "state"}
+        keys = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+#: The kinds of "no answer" a :class:`Failure` records, in the order the worklist ranks them.
+FAILURE_STATES = ("record-mismatch", "input-rejected", "outside-intended-use", "failed")
+#: How each kind of "no answer" is named to people (worklist, case view, report, FHIR text).
+FAILURE_LABELS = {"record-mismatch": "image does not match record", "input-rejected": "input rejected (quality)",
+                  "outside-intended-use": "outside intended use", "failed": "model could not run"}

@@ -69,6 +69,15 @@ def observation_id(finding: Finding | str) -> str:
     return resource_id("Observation", _finding_id(finding))
 
 
+def no_answer_id(patient_id: str, study_uid: str, series_uid: str | None, model_id: str, model_version: str) -> str:
+    """The FHIR id of the Observation saying a model gave no answer for a series (a :class:`cds.finding.Failure`).
+
+    >>> no_answer_id("p", "1.2", None, "m", "1") == no_answer_id("p", "1.2", None, "m", "1")
+    True
+    """
+    return resource_id("Observation", "no-answer", patient_id, study_uid, series_uid or "", model_id, model_version)
+
+
 def risk_assessment_id(finding: Finding | str) -> str:
     """The FHIR id of a prognostic Finding's RiskAssessment (uuid5 of ``Finding.id``).
 

@@ -45,6 +45,7 @@ from cds.codes import (
     LOCAL_DISPLAYS,
     LOCATION_URL,
     MODEL_CARD_URL,
+    NO_ANSWER_REASON,
     PRESENCE,
     PROVENANCE_AGENT,
     QUALITATIVE_RISK,
@@ -61,6 +62,7 @@ from cds.errors import ParameterError
 from cds.fhir.ids import (
     device_id,
     model_card_id,
+    no_answer_id,
     observation_id,
     provenance_id,
     report_id,
@@ -68,11 +70,12 @@ from cds.fhir.ids import (
     risk_assessment_id,
     urn,
 )
-from cds.finding import Finding, Location
+from cds.finding import FAILURE_LABELS, Failure, Finding, Location
 from cds.models.card import ModelCard
 from cds.models.card_markdown import model_card_markdown
 
 __all__ = [
+    "no_answer_observation",
     "ModelInfo", "RunContext", "model_info", "assembler_display", "meta", "concept", "quantity", "fhir_datetime",
     "study_reference", "device", "model_card_document", "observation", "risk_assessment", "finding_risk_assessment",
     "diagnostic_report", "run_provenance", "review_provenance",
@@ -473,6 +476,52 @@ def observation(f: Finding, run: RunContext, body_site_codes: Mapping[str, Mappi
 
 
 # ---------------------------------------------------------------------------------- risk assessment
+def no_answer_observation(failure: Failure, run: RunContext, with_reason: bool = True) -> dict[str, Any]:
+    """The Observation saying that a model gave NO answer for a series, and why: status ``cancelled``,
+    code = the model's (first) output, no value but ``dataAbsentReason`` (HL7 data-absent-reason:
+    ``not-applicable`` outside intended use, ``not-performed`` for a rejected input or an image that
+    does not match its record, ``error`` when the model failed) with the reason as text. An EHR thus
+    sees that the study was seen and not answered, never a result. ``with_reason`` False (de-identified
+    output) keeps only the kind of refusal, not the message (which names files).
+
+    >>> from cds.finding import Failure
+    >>> m = ModelInfo("m", "1", {"outputs": [{"code_system": "http://snomed.info/sct", "code": "233604007",
+    ...                                       "display": "Pneumonia"}]})
+    >>> run = RunContext(m, {"reference": "Patient/p"}, study_reference("1.2", None), None, "2026-01-01T00:00:00Z")
+    >>> o = no_answer_observation(Failure("p", "1.2", "m", "OutsideIntendedUseError", "a.dcm: outside intended use: age",
+    ...                                   state="outside-intended-use"), run)
+    >>> o["status"], o["dataAbsentReason"]["coding"][0]["code"], "valueCodeableConcept" in o
+    ('cancelled', 'not-applicable', False)
+    """
+    m = run.model
+    outputs = m.model_card.outputs
+    code = (concept(outputs[0].code_system, outputs[0].code, outputs[0].display) if outputs
+            else {"text": f"{m.model_id} result"})
+    label = FAILURE_LABELS.get(failure.state, failure.state)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": no_answer_id(failure.patient_id, str(failure.study_uid), failure.series_uid, m.model_id, m.version),
+        "meta": meta(),
+    }
+    if failure.series_uid:
+        obs["extension"] = [{"url": SERIES_URL, "valueOid": f"urn:oid:{failure.series_uid}"}]
+    obs.update({
+        "status": "cancelled",
+        "category": [{"coding": [dict(IMAGING)]}],
+        "code": code,
+        "subject": dict(run.patient_ref),
+    })
+    if run.effective:
+        obs["effectiveDateTime"] = run.effective
+    obs["issued"] = run.recorded
+    obs["device"] = run.device_ref()
+    reason = NO_ANSWER_REASON.get(failure.state, NO_ANSWER_REASON["failed"])
+    obs["dataAbsentReason"] = {"coding": [dict(reason)],
+                               "text": f"AI {label}" + (f": {failure.message}" if with_reason else "")}
+    obs["derivedFrom"] = [dict(run.study_ref)]
+    return obs
+
+
 def _horizon(card: ModelCard) -> dict[str, Any] | None:
     h = card.horizon
     if h is not None and _finite(h.get("high")) is not None:

@@ -29,6 +29,12 @@ Provenance                  target -> every resource of the run plus its Device 
                             Finding used EHR inputs -> the Patient and the EHR Observations it names
 ==========================  ===========================================================================
 
+For every study a model gave **no answer** for (a :class:`cds.finding.Failure`: outside its intended
+use, input rejected by the quality gate, image not matching its record, or failed), when ``failures``
+are passed: one Observation with status ``cancelled``, the model's output code, no value and a
+``dataAbsentReason`` (:func:`cds.fhir.resources.no_answer_observation`), so the EHR sees the study
+was not answered and why — never a positive or negative call.
+
 and once per model a **Device** (type text ``Artificial-Intelligence``; deviceName = model id;
 version = model version, MONAI and PyTorch versions; properties for the decision threshold and the
 indeterminate band; an extension pointing at its model card) and a **DocumentReference** holding the
@@ -103,8 +109,8 @@ from cds.codes import BODY_SITE_CODES, PSEUDED
 from cds.errors import ParameterError
 from cds.fhir import resources as res
 from cds.fhir.ids import bundle_id, device_id, model_card_id, observation_id, urn
-from cds.finding import Finding
-from cds.privacy import pseudonymise_finding
+from cds.finding import Failure, Finding
+from cds.privacy import pseudonymise_finding, pseudonyms
 
 __all__ = ["results_bundle", "entry", "unique_findings", "observation_id"]
 
@@ -154,6 +160,7 @@ def results_bundle(
     deidentify: bool = False,
     salt: str | None = None,
     body_site_codes: Mapping[str, Mapping[str, str]] = BODY_SITE_CODES,
+    failures: Iterable[Failure] = (),
 ) -> dict[str, Any]:
     """AI Findings as a FHIR R4 ``transaction`` Bundle (see the module docstring for the graph).
 
@@ -174,6 +181,10 @@ def results_bundle(
     body_site_codes
         Lower-case body-site text -> ``{"code_system", "code", "display"}`` (default
         :data:`cds.codes.BODY_SITE_CODES`).
+    failures
+        The studies the models gave no answer for (:class:`cds.finding.Failure`): each becomes a
+        ``cancelled`` Observation with a ``dataAbsentReason`` (see the module docstring). A Failure
+        without ``model_version`` takes its card's version.
 
     Returns
     -------
@@ -192,9 +203,15 @@ def results_bundle(
         k = (f.model_id, f.model_version)
         if k not in models:
             models[k] = res.model_info(f.model_id, f.model_version, cards)
+    refused = _unique_failures(failures, cards)
+    for fl in refused:
+        k = (fl.model_id, str(fl.model_version))
+        if k not in models:
+            models[k] = res.model_info(fl.model_id, str(fl.model_version), cards)
     if deidentify:
         assert salt is not None
         unique = [pseudonymise_finding(f, salt) for f in unique]  # drops record ids, dates, EHR Observation ids
+        refused = [_pseudonymise_failure(fl, salt) for fl in refused]
     runs: dict[tuple[str, str, str, str], list[Finding]] = {}
     for f in unique:
         runs.setdefault((f.patient_id, f.study_uid, f.model_id, f.model_version), []).append(f)
@@ -225,6 +242,18 @@ def results_bundle(
         targets = [urn(r["id"]) for r in made] + [urn(device_id(mid, ver)), urn(model_card_id(mid, ver))]
         made.append(res.run_provenance(pid, suid, fs, run, targets, _ehr_ids(fs)))
         entries += [entry(r) for r in made]
+    for fl in sorted(refused, key=lambda x: (x.patient_id, str(x.study_uid), x.series_uid or "", x.model_id)):
+        if deidentify:
+            if fl.patient_id not in patients_done:
+                entries.append(entry({"resourceType": "Patient", "id": fl.patient_id, "meta": res.meta(PSEUDED)}))
+                patients_done.add(fl.patient_id)
+            patient_ref = {"reference": urn(fl.patient_id)}
+        else:
+            patient_ref = {"reference": f"Patient/{fl.patient_id}"}
+        run = res.RunContext(models[(fl.model_id, str(fl.model_version))], patient_ref,
+                             res.study_reference(str(fl.study_uid), fl.imaging_study_id),
+                             res.fhir_datetime(fl.study_started), recorded)
+        entries.append(entry(res.no_answer_observation(fl, run, with_reason=not deidentify)))
 
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -236,3 +265,34 @@ def results_bundle(
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def _unique_failures(failures: Iterable[Failure], cards: Mapping[str, Any]) -> list[Failure]:
+    """Failures with a model version (the card's when not recorded), one per (patient, study, series, model)."""
+    from dataclasses import replace
+
+    seen: dict[tuple[str, str, str, str], Failure] = {}
+    for i, fl in enumerate(failures):
+        if not isinstance(fl, Failure):
+            raise ParameterError(f"failures[{i}]", f"expected a cds.finding.Failure, got {type(fl).__name__}")
+        if fl.study_uid is None:
+            continue
+        if fl.model_version is None:
+            card = cards.get(fl.model_id)
+            version = getattr(card, "version", None) or (card.get("version") if isinstance(card, Mapping) else None)
+            if version is None:
+                raise ParameterError("failures", f"failure of model {fl.model_id!r} records no model version and its "
+                                                 "card gives none")
+            fl = replace(fl, model_version=str(version))
+        seen.setdefault((fl.patient_id, str(fl.study_uid), fl.series_uid or "", fl.model_id), fl)
+    return list(seen.values())
+
+
+def _pseudonymise_failure(fl: Failure, salt: str) -> Failure:
+    """The Failure with pseudonymous patient / study / series ids and no record ids, dates or message."""
+    from dataclasses import replace
+
+    patient, study = pseudonyms(fl.patient_id, str(fl.study_uid), salt)
+    series = pseudonyms(fl.patient_id, fl.series_uid, salt)[1] if fl.series_uid else None
+    return replace(fl, patient_id=patient, study_uid=study, series_uid=series, imaging_study_id=None,
+                   study_started=None, message="")

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelCard", "OutputSpec"]
+__all__ = ["ModelCard", "OutputSpec", "IntendedFor"]
 
 
 def _error(where: str, key: str, reason: str) -> Exception:
@@ -108,6 +108,74 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class IntendedFor:
+    """The card's ``intended_for`` section: the population and inputs a model may answer for.
+
+    ``age_years`` is ``[min, max]`` (either may be null: open-ended); ``age_unknown`` says what to do
+    when a study's patient has no recorded age: ``"refuse"`` (the default: the model cannot vouch for
+    the study) or ``"accept"`` (the card states why, in ``age_unknown_reason``). ``views`` are DICOM
+    ViewPosition values (``AP``, ``PA``, ``MLO``...); ``body_parts`` lower-case words a study's DICOM
+    BodyPartExamined or FHIR bodySite (text, display or code) must match; ``min_size_px`` the smallest
+    accepted image side (in-plane for volumes), ``min_slices`` the fewest slices of a volume.
+    ``input_profile`` is the out-of-distribution reference (:mod:`cds.models.vouch`): feature medians
+    and MADs of the training images and the largest robust z-score accepted.
+
+    >>> i = IntendedFor.from_dict({"age_years": [0, 17], "views": ["AP", "PA"], "min_size_px": 28})
+    >>> i.age_years, i.age_unknown, i.views, i.min_size_px
+    ((0.0, 17.0), 'refuse', ('AP', 'PA'), 28)
+    >>> IntendedFor.from_dict({"age_years": [18]}, where="m.json")
+    Traceback (most recent call last):
+    ...
+    cds.models.bundle.BundleError: m.json: cds.intended_for.age_years: expected [min, max] (null for open), got [18]
+    """
+
+    age_years: tuple[float | None, float | None] | None = None
+    age_unknown: str = "refuse"
+    age_unknown_reason: str | None = None
+    views: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    min_size_px: int | None = None
+    min_slices: int | None = None
+    input_profile: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def declared(self) -> bool:
+        """Whether the card declares anything to check beyond the modality."""
+        return bool(self.age_years or self.views or self.body_parts or self.min_size_px or self.min_slices
+                    or self.input_profile)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "configs/metadata.json") -> IntendedFor:
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise _error(where, "intended_for", f"expected an object, got {d!r}")
+        ages = d.get("age_years")
+        if ages is not None:
+            if (not isinstance(ages, list | tuple) or len(ages) != 2
+                    or not all(a is None or (isinstance(a, int | float) and not isinstance(a, bool)) for a in ages)
+                    or (ages[0] is not None and ages[1] is not None and ages[0] > ages[1])):
+                raise _error(where, "intended_for.age_years", f"expected [min, max] (null for open), got {ages!r}")
+            ages = tuple(None if a is None else float(a) for a in ages)
+        unknown = d.get("age_unknown", "refuse")
+        if unknown not in ("refuse", "accept"):
+            raise _error(where, "intended_for.age_unknown", f"expected 'refuse' or 'accept', got {unknown!r}")
+        ints = {}
+        for key in ("min_size_px", "min_slices"):
+            v = d.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise _error(where, f"intended_for.{key}", f"expected a whole number >= 1, got {v!r}")
+            ints[key] = v
+        profile = d.get("input_profile") or {}
+        if not isinstance(profile, dict):
+            raise _error(where, "intended_for.input_profile", f"expected an object, got {profile!r}")
+        return cls(age_years=ages, age_unknown=unknown, age_unknown_reason=d.get("age_unknown_reason"),
+                   views=tuple(str(v).upper() for v in _texts(d.get("views"))),
+                   body_parts=tuple(str(v).lower() for v in _texts(d.get("body_parts"))),
+                   min_size_px=ints["min_size_px"], min_slices=ints["min_slices"], input_profile=dict(profile))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """The ``cds`` section of ``metadata.json`` (see :mod:`cds.models.bundle` for every key)."""
 
@@ -139,6 +207,7 @@ class ModelCard:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     derived_from: dict[str, Any] = field(default_factory=dict)
+    intended_for: IntendedFor = field(default_factory=IntendedFor)
 
     @property
     def ehr_inputs(self) -> list[dict[str, Any]]:
@@ -189,4 +258,5 @@ class ModelCard:
             horizon_days=_number(d, "horizon_days", where), model_card_url=url,
             context=_texts(d.get("context")), hyperparameters=_mapping(d, "hyperparameters", where),
             calibration=_mapping(d, "calibration", where), derived_from=_mapping(d, "derived_from", where),
+            intended_for=IntendedFor.from_dict(d.get("intended_for"), where),
         )

@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cds.errors import CdsError, ModelInputError, ParameterError
+from cds.errors import CdsError, ModelInputError, NoAnswer, ParameterError, StudyTimeLimitError
 from cds.finding import Failure, Finding
 from cds.locations import BUNDLES_DIR
 from cds.models.bundle import Bundle, BundleError, load_bundle
@@ -41,6 +45,14 @@ from cds.models.ehr_inputs import EhrInputs, ehr_inputs_for
 from cds.models.generic import KINDS
 from cds.models.task import StudyRef, Task
 from cds.models.task_table import TASKS
+from cds.models.vouch import (
+    StudyFacts,
+    check_intended_use,
+    check_quality,
+    check_record,
+    facts_for,
+    read_id_map,
+)
 from cds.models.zoo import ZOO_TASKS, detect_zoo_bundle
 
 __all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASKS", "KINDS", "study_ref"]
@@ -49,6 +61,9 @@ __all__ = ["ModelRegistry", "RunResult", "ehr_inputs_for", "BUILTIN_DIR", "TASKS
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = BUNDLES_DIR
+
+#: Seconds one study may take in a cohort run before it is recorded as failed (``$CDS_STUDY_TIME_LIMIT_S``).
+DEFAULT_STUDY_TIME_LIMIT_S = 600.0
 
 
 def user_model_dirs() -> list[Path]:
@@ -190,19 +205,53 @@ class ModelRegistry:
         mods = b.model_card.modality
         return imaging[imaging["modality"].isin(mods)] if mods else imaging
 
+    def models_for(self, cohort: Any) -> list[str]:
+        """The models meant for the cohort's studies: those whose card declares an intended use
+        (``intended_for``) that at least one of the cohort's imaging series meets on its record alone
+        (modality, patient age, view, body part; pixels are checked when the model runs). The default
+        models of the report and the explorer.
+
+        >>> import cds
+        >>> ModelRegistry(user_dirs=[]).models_for(cds.load_cohort("fhir_samples", reference_date="2026-01-01"))
+        ['cxr-cardiomegaly', 'cxr-icu']
+        """
+        imaging = cohort.imaging
+        chosen = []
+        for mid in self.ids():
+            card = self._bundles[mid].model_card
+            if not card.intended_for.declared:
+                continue
+            for r in self._eligible(self._bundles[mid], imaging).itertuples(index=False):
+                try:
+                    check_intended_use(card, None, facts_for(r, age_years=_age_at(cohort, r)))
+                except NoAnswer:
+                    continue
+                chosen.append(mid)
+                break
+        return chosen
+
     def run(self, model_id: str, cohort: Any, studies: pd.DataFrame | None = None,
-            progress: bool = False, artifacts_dir: str | Path | None = None) -> RunResult:
+            progress: bool = False, artifacts_dir: str | Path | None = None,
+            time_limit_s: float | None = None) -> RunResult:
         """Run a model on the cohort's imaging series (or the given rows of ``cohort.imaging``).
 
-        Each series: read its pixels, pull the card's EHR inputs, :meth:`run_image` (the task's
-        ``predict``) with the row's identity, then :func:`with_study_context`. With ``artifacts_dir``,
-        explanation maps (GradCAM) are saved there as ``<finding id>.npy`` and referenced from
-        ``Finding.extra["heatmap"]`` so viewers can overlay them.
+        Each series: read its pixels, pull the card's EHR inputs, :meth:`run_image` (the checks of
+        :mod:`cds.models.vouch` against the ImagingStudy row, then the task's ``predict``) with the row's
+        identity, then :func:`with_study_context`. A study the model must not answer for becomes a
+        :class:`Failure` whose ``state`` says why (``record-mismatch``, ``input-rejected``,
+        ``outside-intended-use``); one that errors or runs past ``time_limit_s`` seconds
+        (default ``$CDS_STUDY_TIME_LIMIT_S`` or :data:`DEFAULT_STUDY_TIME_LIMIT_S`) is ``failed``. With
+        ``artifacts_dir``, explanation maps (GradCAM) are saved there as ``<finding id>.npy`` and
+        referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them.
         """
+        from cds.images.dicom import SeriesMismatchError
         from cds.images.read import read_image
 
         b = self.get(model_id)
+        limit = _time_limit(time_limit_s)
         rows = self._eligible(b, cohort.imaging if studies is None else studies)
+        root = _cohort_root(cohort)
+        id_map = read_id_map(root)
         result = RunResult()
         it = rows.itertuples(index=False)
         if progress:
@@ -211,24 +260,37 @@ class ModelRegistry:
             it = tqdm(it, total=len(rows), desc=model_id)
         for r in it:
             try:
-                if not isinstance(r.pixel_location, str) or not r.pixel_location:
-                    raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
-                image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
-                found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir)
+                with _deadline(limit, f"study {r.study_uid}"):
+                    if not isinstance(r.pixel_location, str) or not r.pixel_location:
+                        raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
+                    facts = facts_for(r, cohort.patients, id_map, _age_at(cohort, r))
+                    check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
+                    ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
+                    image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
+                    found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir,
+                                           facts=facts)
                 result.findings.extend(with_study_context(found, r, ehr))
+            except NoAnswer as exc:
+                result.failures.append(_failure(r, model_id, b.version, exc, exc.state))
+            except SeriesMismatchError as exc:  # the file holds another series or modality than the record says
+                result.failures.append(_failure(r, model_id, b.version, exc, "record-mismatch"))
             except CdsError as exc:
-                result.failures.append(Failure(r.patient_id, r.study_uid, model_id, type(exc).__name__, str(exc),
-                                               r.series_uid))
+                result.failures.append(_failure(r, model_id, b.version, exc))
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop a cohort run
                 log.warning("model %s failed on a study: %s", model_id, type(exc).__name__)
-                result.failures.append(Failure(r.patient_id, r.study_uid, model_id, type(exc).__name__, str(exc),
-                                               r.series_uid))
+                result.failures.append(_failure(r, model_id, b.version, exc))
         return result
 
     def run_image(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None = None,
-                  ref: StudyRef | None = None, artifacts_dir: str | Path | None = None) -> list[Finding]:
+                  ref: StudyRef | None = None, artifacts_dir: str | Path | None = None,
+                  facts: StudyFacts | None = None) -> list[Finding]:
         """Run one model on one :class:`cds.images.image.Image` and return its Findings.
+
+        First the checks of :mod:`cds.models.vouch`: with ``facts`` (what the FHIR record says of the
+        series) the image must be that record's (:func:`~cds.models.vouch.check_record`); the study must be
+        inside the card's intended use and the pixels must pass the quality gate — otherwise a
+        :class:`cds.errors.NoAnswer` subclass is raised and no Finding is made. Warnings of the checks
+        (facts not recorded) are carried in ``Finding.extra["warnings"]``.
 
         ``ehr`` holds the card's EHR inputs (by name); a declared required one that is missing raises
         :class:`ModelInputError` naming it. ``ref`` (the cohort's identity for the series) replaces the
@@ -236,6 +298,9 @@ class ModelRegistry:
         """
         b = self.get(model_id)
         task = self.task_for(model_id)
+        warnings = check_record(image, facts) if facts is not None else []
+        warnings += check_intended_use(b.model_card, image, facts)
+        warnings += check_quality(b.model_card, image)
         ehr = ehr if isinstance(ehr, EhrInputs) else EhrInputs(ehr or {})
         for spec in b.model_card.ehr_inputs:
             name, source = spec["name"], spec.get("source")
@@ -244,6 +309,9 @@ class ModelRegistry:
                     raise ModelInputError(name, f"model {model_id!r} needs EHR input {name!r} ({source})")
                 ehr[name] = None
         findings = task.predict(b, image, ehr)
+        if warnings:
+            findings = [replace(f, extra={**f.extra, "warnings": [*f.extra.get("warnings", []), *warnings]})
+                        for f in findings]
         if ref is not None:
             findings = ref.stamp(findings)
         if artifacts_dir is not None and findings:
@@ -258,3 +326,71 @@ class ModelRegistry:
                     saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
                 findings = saved
         return findings
+
+
+def _failure(row: Any, model_id: str, version: str | None, exc: BaseException, state: str = "failed") -> Failure:
+    """The :class:`Failure` of one ``cohort.imaging`` row, with the study facts the FHIR writer cites."""
+    started = getattr(row, "started", None)
+    sid = getattr(row, "imaging_study_id", None)
+    return Failure(row.patient_id, row.study_uid, model_id, type(exc).__name__,
+                   str(exc), row.series_uid, state=state, model_version=version,
+                   imaging_study_id=sid if isinstance(sid, str) else None,
+                   study_started=None if started is None or pd.isna(started) else pd.Timestamp(started).isoformat())
+
+
+def _age_at(cohort: Any, row: Any) -> float | None:
+    """The patient's age in years at the study's start (None when birth date or start is unknown)."""
+    from cds.sources.tables import age_years
+
+    patients = getattr(cohort, "patients", None)
+    if patients is None or not len(patients) or "birth_date" not in patients.columns:
+        return None
+    hit = patients.loc[patients["patient_id"] == row.patient_id, "birth_date"]
+    started = getattr(row, "started", None)
+    if not len(hit) or started is None or pd.isna(started) or pd.isna(hit.iloc[0]):
+        return None
+    age = age_years(hit.iloc[0], started)
+    return None if age is None or pd.isna(age) or age < 0 else float(age)
+
+
+def _cohort_root(cohort: Any) -> Path | None:
+    """The cohort's folder (where ``dicom_id_map.csv`` may lie), when it was loaded from one."""
+    src = str(getattr(cohort, "source", "") or "")
+    if not src or src.startswith(("http://", "https://")):
+        return None
+    p = Path(src)
+    return p if p.is_dir() else (p.parent if p.exists() else None)
+
+
+def _time_limit(seconds: float | None) -> float | None:
+    if seconds is None:
+        env = os.environ.get("CDS_STUDY_TIME_LIMIT_S")
+        try:
+            seconds = float(env) if env else DEFAULT_STUDY_TIME_LIMIT_S
+        except ValueError:
+            raise ParameterError("CDS_STUDY_TIME_LIMIT_S", f"{env!r} is not a number of seconds") from None
+    if seconds != seconds or seconds < 0:
+        raise ParameterError("time_limit_s", f"{seconds!r}: expected seconds >= 0 (0 = no limit)")
+    return seconds or None
+
+
+@contextmanager
+def _deadline(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise :class:`StudyTimeLimitError` in the main thread when the block runs past ``seconds``
+    (SIGALRM; elsewhere, or on platforms without it, the block runs unlimited)."""
+    usable = (seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def _expired(signum: int, frame: Any) -> None:
+        raise StudyTimeLimitError(what, f"ran past the per-study time limit of {seconds:g} s "
+                                        "(set CDS_STUDY_TIME_LIMIT_S to change it)")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,20 +1,25 @@
 """The reading worklist: a cohort's imaging studies ordered by AI urgency, with filters (pandas in, pandas out).
 
-Each study gets an AI state from its most urgent Finding:
+Each study gets an AI state from its most urgent Finding, or, when no model answered for it, from
+the reason (the most serious :class:`cds.finding.Failure` state):
 
-============= ================================================================ ====
-state         meaning                                                          rank
-============= ================================================================ ====
-positive      score at or above the model's threshold, outside the band        0
-indeterminate score inside the model's indeterminate band ("AI indeterminate") 1
-measured      a measurement without a threshold (e.g. an ejection fraction)    2
-negative      score below the threshold, outside the band                      3
-no-ai         no AI result for the study (not run, failed, not eligible)       4
-============= ================================================================ ====
+==================== ================================================================ ====
+state                meaning                                                          rank
+==================== ================================================================ ====
+positive             score at or above the model's threshold, outside the band        0
+indeterminate        score inside the model's indeterminate band ("AI indeterminate") 1
+measured             a measurement without a threshold (e.g. an ejection fraction)    2
+negative             score below the threshold, outside the band                      3
+record-mismatch      the image is not the one its ImagingStudy describes: no answer   4
+input-rejected       the pixels failed the input quality gate: no answer              5
+outside-intended-use the study is outside the model's intended use: no answer         6
+no-ai                no AI result (not run, failed, not eligible)                     7
+==================== ================================================================ ====
 
 The first four are :attr:`cds.finding.Finding.interpretation` words (``indeterminate`` is FHIR's
-``IND``); :data:`STATE_LABELS` names every state on screen. A study whose model could not run
-(a :class:`cds.finding.Failure`) stays ``no-ai`` and carries the reason in ``failure``.
+``IND``); :data:`STATE_LABELS` names every state on screen. A study with no Finding carries the
+reasons in ``failure``; the three refusal states never get a score, so they are never ranked as a
+positive or negative call.
 
 Inside a state, studies are ordered by margin (score minus threshold; largest first, so the most
 certain positives lead and the negatives closest to the threshold come first), then by how long
@@ -45,17 +50,20 @@ import numpy as np
 import pandas as pd
 
 from cds.errors import ParameterError
-from cds.finding import Failure, Finding, interpret
+from cds.finding import FAILURE_LABELS, Failure, Finding, interpret
 
-__all__ = ["AI_STATES", "STATE_LABELS", "REVIEW_STATES", "findings_frame", "ai_state", "state_and_margin",
+__all__ = ["AI_STATES", "REFUSAL_STATES", "STATE_LABELS", "failure_state", "REVIEW_STATES", "findings_frame", "ai_state", "state_and_margin",
            "finding_state", "finding_urgency", "failure_text", "build_worklist", "filter_worklist", "format_wait",
            "worklist_for_cohort"]
 
-#: AI states, most urgent first: the Finding interpretations, then ``no-ai``.
-AI_STATES = ("positive", "indeterminate", "measured", "negative", "no-ai")
+#: AI states, most urgent first: the Finding interpretations, the refusals (no answer, and why), ``no-ai``.
+AI_STATES = ("positive", "indeterminate", "measured", "negative", "record-mismatch", "input-rejected",
+             "outside-intended-use", "no-ai")
+#: The states of a study no model answered for because it must not (a :class:`Failure` state other than failed).
+REFUSAL_STATES = ("record-mismatch", "input-rejected", "outside-intended-use")
 #: How each AI state is named on screen (worklist, filters, badges, timelines, static HTML).
 STATE_LABELS = {"positive": "AI positive", "indeterminate": "AI indeterminate", "measured": "AI measurement",
-                "negative": "AI negative", "no-ai": "no AI result"}
+                "negative": "AI negative", **{s: FAILURE_LABELS[s] for s in REFUSAL_STATES}, "no-ai": "no AI result"}
 _RANK = {s: i for i, s in enumerate(AI_STATES)}
 _THRESHOLDED = ("positive", "indeterminate", "negative")
 #: Study-level review states: none of its findings reviewed, all accepted, any overridden, some reviewed.
@@ -152,6 +160,18 @@ def failure_text(failure: Failure) -> str:
     return f"{failure.model_id}: {failure.message}"
 
 
+def failure_state(failures: Iterable[Failure]) -> str:
+    """The AI state of a study no model answered for: its most serious refusal, else ``no-ai``.
+
+    >>> failure_state([Failure("p", "1", "m", "E", "x"), Failure("p", "1", "n", "E", "y", state="outside-intended-use")])
+    'outside-intended-use'
+    >>> failure_state([])
+    'no-ai'
+    """
+    states = {f.state for f in failures}
+    return next((s for s in REFUSAL_STATES if s in states), "no-ai")
+
+
 def format_wait(delta: pd.Timedelta | None) -> str:
     """A short waiting time: ``45 min``, ``5 h``, ``3 d 4 h``, ``2 y 10 d``; empty when unknown.
 
@@ -240,9 +260,11 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
     if reviews is not None and len(reviews):
         status_of = dict(zip(reviews["finding_id"], reviews["status"], strict=False))
     failed: dict[str, list[str]] = {}
+    failed_records: dict[str, list[Failure]] = {}
     for fl in failures:
         if fl.study_uid is not None:
             failed.setdefault(str(fl.study_uid), []).append(failure_text(fl))
+            failed_records.setdefault(str(fl.study_uid), []).append(fl)
 
     best: dict[str, dict[str, Any]] = {}
     per_study: dict[str, list[dict[str, Any]]] = {}
@@ -264,11 +286,12 @@ def build_worklist(imaging: pd.DataFrame, findings: pd.DataFrame | Iterable[Any]
         b = best.get(uid)
         items = per_study.get(uid, [])
         waited = now_ts - s["started"] if not pd.isna(s["started"]) else pd.NaT
+        state = b["state"] if b else failure_state(failed_records.get(uid, []))
         rows.append({
             "patient_id": s["patient_id"], "study_uid": uid, "imaging_study_id": s["imaging_study_id"],
             "modality": s["modality"], "description": s["description"], "started": s["started"],
             "waited": waited, "waited_text": format_wait(waited),
-            "ai_state": b["state"] if b else "no-ai", "ai_rank": _RANK[b["state"]] if b else _RANK["no-ai"],
+            "ai_state": state, "ai_rank": _RANK[state],
             "margin": b["margin"] if b else np.nan, "score": b["score"] if b else np.nan,
             "threshold": b.get("threshold") if b else np.nan, "finding": b.get("display") if b else None,
             "model_id": b.get("model_id") if b else None, "finding_id": b.get("id") if b else None,
