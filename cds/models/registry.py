@@ -209,7 +209,8 @@ class ModelRegistry:
         """The models meant for the cohort's studies: those whose card declares an intended use
         (``intended_for``) that at least one of the cohort's imaging series meets on its record alone
         (modality, patient age, view, body part; pixels are checked when the model runs). The default
-        models of the report and the explorer.
+        models of the report and the explorer. A model whose required EHR inputs (e.g. the patient's age)
+        no study of the cohort has is not meant for it either.
 
         >>> import cds
         >>> ModelRegistry(user_dirs=[]).models_for(cds.load_cohort("fhir_samples", reference_date="2026-01-01"))
@@ -224,7 +225,8 @@ class ModelRegistry:
             for r in self._eligible(self._bundles[mid], imaging).itertuples(index=False):
                 try:
                     check_intended_use(card, None, facts_for(r, age_years=_age_at(cohort, r)))
-                except NoAnswer:
+                    ehr_inputs_for(card, cohort, r.patient_id, r.started)  # a required EHR input the cohort lacks
+                except ModelInputError:
                     continue
                 chosen.append(mid)
                 break
@@ -266,7 +268,7 @@ class ModelRegistry:
                     facts = facts_for(r, cohort.patients, id_map, _age_at(cohort, r))
                     check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                     ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
-                    image = read_image(r.pixel_location, series_uid=r.series_uid, modality=r.modality)
+                    image = _read_series(r, read_image)
                     found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir,
                                            facts=facts)
                 result.findings.extend(with_study_context(found, r, ehr))
@@ -326,6 +328,16 @@ class ModelRegistry:
                     saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
                 findings = saved
         return findings
+
+
+def _read_series(row: Any, read_image: Any) -> Any:
+    """The pixels of a ``cohort.imaging`` row. A folder or DICOMweb location may hold several series: the
+    row's series (and modality) is the one read. A single file holds one: it is read as it is, so that
+    :func:`cds.models.vouch.check_record` compares all of its identity (patient first) with the record."""
+    loc = str(row.pixel_location)
+    if not loc.startswith(("http://", "https://")) and Path(loc).is_file():
+        return read_image(loc)
+    return read_image(loc, series_uid=row.series_uid, modality=row.modality)
 
 
 def _failure(row: Any, model_id: str, version: str | None, exc: BaseException, state: str = "failed") -> Failure:
