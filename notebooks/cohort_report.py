@@ -82,14 +82,20 @@ rp.findings_table(ctx)
 ctx.figure(rp.plot_scores(ctx), "scores")
 
 # %% [markdown]
-# ### Studies the models could not run on
+# ### Studies the models gave no answer for
+#
+# A model answers only for input it can vouch for. "outside intended use": the study is outside the
+# population or inputs its card declares (age, view, modality, resolution, body part); "input rejected
+# (quality)": blank, non-finite, impossible geometry or out of the training images' range; "image does
+# not match record": the file's patient, study, series or modality differ from its ImagingStudy;
+# "model could not run": an unreadable file or a missing EHR input. None of these gets a score.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 rp.show(rp.failure_summary(ctx))
 
 # %%
-rp.show_details(rp.failures_table(ctx), "Every study a model could not run on")
+rp.show_details(rp.failures_table(ctx), "Every study a model gave no answer for")
 
 # %% [markdown]
 # ## Triage: AI worklist order against first-come-first-served

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from cds.finding import FAILURE_LABELS, FAILURE_STATES
 from cds.reports.context import ReportContext
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
@@ -47,6 +48,8 @@ def apply_thresholds(findings: Sequence[Any], thresholds: Mapping[str, float]) -
 
 def run_models(ctx: ReportContext, progress: bool = True) -> None:
     """Run every model on its eligible studies in the window; collect findings and per-study failures."""
+    import pandas as pd
+
     for mid in ctx.models:
         b = ctx.registry.get(mid)
         rows = eligible_studies(b.model_card, ctx.studies)
@@ -55,8 +58,11 @@ def run_models(ctx: ReportContext, progress: bool = True) -> None:
         ctx.timings[f"model:{mid}"] = time.perf_counter() - t0
         ctx.findings.extend(apply_thresholds(res.findings, ctx.params["thresholds"]))
         ctx.failures.extend(res.failures)
+        states = pd.Series([f.state for f in res.failures], dtype=object).value_counts()
+        why = ", ".join(f"{int(n)} {FAILURE_LABELS.get(st, st)}" for st, n in states.items())
         print(f"{mid} {b.version}: {rows['study_uid'].nunique()} eligible studies, {len(res.findings)} findings, "
-              f"{len(res.failures)} failed studies ({ctx.timings[f'model:{mid}']:.1f} s)")
+              f"{len(res.failures)} without an answer{f' ({why})' if why else ''} "
+              f"({ctx.timings[f'model:{mid}']:.1f} s)")
     ctx.cache.clear()
 
 
@@ -91,11 +97,12 @@ def failures_frame(ctx: ReportContext) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame([f.to_dict() for f in ctx.failures],
-                        columns=["patient_id", "study_uid", "model_id", "error", "message"])
+                        columns=["patient_id", "study_uid", "model_id", "error", "message", "state"])
 
 
 def findings_table(ctx: ReportContext) -> pd.DataFrame:
-    """Per model: threshold used, eligible studies, findings by interpretation, failed studies."""
+    """Per model: threshold used, eligible studies, findings by interpretation, and the studies it gave no
+    answer for, by reason (outside intended use, input rejected, image not matching its record, failed)."""
     import pandas as pd
 
     f = findings_frame(ctx)
@@ -112,7 +119,8 @@ def findings_table(ctx: ReportContext) -> pd.DataFrame:
                      "eligible studies": int(eligible_studies(b.model_card, ctx.studies)["study_uid"].nunique()),
                      "studies with findings": int(ff["study_uid"].nunique()),
                      **{k: int(counts.get(k, 0)) for k in ("positive", "indeterminate", "negative", "measured")},
-                     "failed studies": int((fails["model_id"] == mid).sum())})
+                     **{FAILURE_LABELS[st]: int(((fails["model_id"] == mid) & (fails["state"] == st)).sum())
+                        for st in FAILURE_STATES}})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -140,8 +148,10 @@ def plot_scores(ctx: ReportContext) -> Figure:
             ax.legend(fontsize=7)
             ax.set(xlabel="probability" if prob else "value", ylabel="findings")
         else:
-            nf = int((fails["model_id"] == mid).sum())
-            ax.text(0.5, 0.5, f"no findings\n({nf} studies failed)", ha="center", va="center", transform=ax.transAxes)
+            mine = fails[fails["model_id"] == mid]
+            why = "\n".join(f"{n} {FAILURE_LABELS.get(st, st)}" for st, n in mine["state"].value_counts().items())
+            ax.text(0.5, 0.5, "no findings" + (f"\n{why}" if why else ""), ha="center", va="center",
+                    transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
         ax.set_title(mid, fontsize=10)
@@ -149,24 +159,28 @@ def plot_scores(ctx: ReportContext) -> Figure:
 
 
 def failure_summary(ctx: ReportContext) -> pd.DataFrame:
-    """Failed studies grouped by model, error and message (the message scrubbed when de-identified)."""
+    """Studies without an answer grouped by model, reason (outside intended use, input rejected, image not
+    matching its record, model could not run), error and message (scrubbed when de-identified)."""
     import pandas as pd
 
     fails = failures_frame(ctx)
     if fails.empty:
-        return pd.DataFrame({"model": [], "error": [], "message": [], "studies": []})
-    fails = fails.assign(message=fails["message"].map(ctx.scrub))
-    t = fails.groupby(["model_id", "error", "message"]).size().rename("studies").reset_index()
+        return pd.DataFrame({"model": [], "no answer": [], "error": [], "message": [], "studies": []})
+    fails = fails.assign(message=fails["message"].map(ctx.scrub),
+                         reason=fails["state"].map(lambda s: FAILURE_LABELS.get(s, s)))
+    t = fails.groupby(["model_id", "reason", "error", "message"]).size().rename("studies").reset_index()
+    t = t.rename(columns={"reason": "no answer"})
     return t.rename(columns={"model_id": "model"}).sort_values(["model", "studies"], ascending=[True, False],
                                                                 kind="stable").reset_index(drop=True)
 
 
 def failures_table(ctx: ReportContext) -> pd.DataFrame:
-    """Every failed study: model, patient (or pseudonym), study, error, message."""
+    """Every study without an answer: model, patient (or pseudonym), study, reason, error, message."""
     fails = failures_frame(ctx)
     out = fails.assign(patient=fails["patient_id"].map(ctx.case), study=fails["study_uid"].map(ctx.study),
-                       message=fails["message"].map(ctx.scrub))
-    return out[["model_id", "patient", "study", "error", "message"]].rename(columns={"model_id": "model"}) \
+                       message=fails["message"].map(ctx.scrub),
+                       **{"no answer": fails["state"].map(lambda s: FAILURE_LABELS.get(s, s))})
+    return out[["model_id", "patient", "study", "no answer", "error", "message"]].rename(columns={"model_id": "model"}) \
         .sort_values(["model", "patient", "study"], kind="stable").reset_index(drop=True)
 
 
