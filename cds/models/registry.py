@@ -285,11 +285,12 @@ class ModelRegistry:
 
     def run_image(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None = None,
                   ref: StudyRef | None = None, artifacts_dir: str | Path | None = None,
-                  facts: StudyFacts | None = None) -> list[Finding]:
+                  facts: StudyFacts | None = None, check_identity: bool = True) -> list[Finding]:
         """Run one model on one :class:`cds.images.image.Image` and return its Findings.
 
         First the checks of :mod:`cds.models.vouch`: with ``facts`` (what the FHIR record says of the
-        series) the image must be that record's (:func:`~cds.models.vouch.check_record`); the study must be
+        series) the image must be that record's (:func:`~cds.models.vouch.check_record`; ``check_identity``
+        False skips it when ``facts`` come from the user, not a record, as in ``cds run --age``); the study must be
         inside the card's intended use and the pixels must pass the quality gate — otherwise a
         :class:`cds.errors.NoAnswer` subclass is raised and no Finding is made. Warnings of the checks
         (facts not recorded) are carried in ``Finding.extra["warnings"]``.
@@ -300,7 +301,7 @@ class ModelRegistry:
         """
         b = self.get(model_id)
         task = self.task_for(model_id)
-        warnings = check_record(image, facts) if facts is not None else []
+        warnings = check_record(image, facts) if facts is not None and check_identity else []
         warnings += check_intended_use(b.model_card, image, facts)
         warnings += check_quality(b.model_card, image)
         ehr = ehr if isinstance(ehr, EhrInputs) else EhrInputs(ehr or {})

@@ -56,18 +56,28 @@ def read_model_input(task_name: str, path: str | Path, series_uid: str | None = 
 
 
 def run_file(model_id: str, path: str | Path, ehr: Sequence[str] | dict[str, Any] = (),
-             models_dir: Sequence[str | Path] | None = None, series_uid: str | None = None) -> list[Finding]:
+             models_dir: Sequence[str | Path] | None = None, series_uid: str | None = None,
+             age_years: float | None = None, view: str | None = None) -> list[Finding]:
     """Run model ``model_id`` (built-in or in ``models_dir``) on the image at ``path`` with EHR inputs
     (``NAME=VALUE`` strings or a dict); the Findings carry the image's own identity (DICOM header, or the
     file name). An unknown model, unreadable path or missing EHR input raises a :class:`cds.errors.CdsError`
-    naming it."""
+    naming it.
+
+    The model answers only inside its intended use (:mod:`cds.models.vouch`): ``age_years`` and ``view``
+    tell it the patient's age and the view when the file does not (a DICOM PatientAge / ViewPosition is
+    read from the file); a study outside raises :class:`cds.errors.OutsideIntendedUseError`, pixels that
+    fail the quality gate :class:`cds.errors.InputQualityError`."""
     from cds.models.registry import ModelRegistry
+    from cds.models.vouch import StudyFacts
 
     reg = ModelRegistry(user_dirs=list(models_dir) if models_dir else None)
     reg.get(model_id)  # unknown model: named before any image is read
     values = dict(ehr) if isinstance(ehr, dict) else parse_ehr(ehr)
     image = read_model_input(reg.task_of(model_id), path, series_uid)
-    return reg.run_image(model_id, image, values)
+    if age_years is not None and (not isinstance(age_years, int | float) or not 0 <= float(age_years) <= 130):
+        raise ParameterError("--age", f"{age_years!r}: expected the patient's age in years, 0 to 130")
+    facts = StudyFacts("", age_years=None if age_years is None else float(age_years), view=view)
+    return reg.run_image(model_id, image, values, facts=facts, check_identity=False)
 
 
 def _cell(v: Any) -> str:

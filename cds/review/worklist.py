@@ -152,11 +152,16 @@ def finding_urgency(finding: Finding) -> tuple[int, float]:
 
 
 def failure_text(failure: Failure) -> str:
-    """The reason a study has no AI result from one model, as shown to a user: ``model: message``.
+    """The reason a study has no AI result from one model, as shown to a user: ``model: message``, with
+    the kind of refusal named when the model must not answer (not when it failed).
 
     >>> failure_text(Failure("p1", "1.2.3", "pneumonia", "ImageReadError", "a.dcm: truncated"))
     'pneumonia: a.dcm: truncated'
+    >>> failure_text(Failure("p1", "1.2.3", "m", "RecordMismatchError", "a.dcm: PatientID differs", state="record-mismatch"))
+    'm (image does not match record): a.dcm: PatientID differs'
     """
+    if failure.state in REFUSAL_STATES and FAILURE_LABELS[failure.state] not in failure.message:
+        return f"{failure.model_id} ({FAILURE_LABELS[failure.state]}): {failure.message}"
     return f"{failure.model_id}: {failure.message}"
 
 
