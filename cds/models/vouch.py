@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from cds.models.card import ModelCard
 
 __all__ = ["StudyFacts", "check_record", "check_intended_use", "check_quality", "input_features",
-           "input_profile", "profile_distance", "read_id_map", "ID_MAP_FILE", "FEATURES"]
+           "input_profile", "profile_distance", "read_id_map", "facts_for", "ID_MAP_FILE", "FEATURES"]
 
 #: The cohort-folder file that maps rewritten DICOM PatientIDs to FHIR Patient ids.
 ID_MAP_FILE = "dicom_id_map.csv"
