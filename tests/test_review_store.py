@@ -104,7 +104,28 @@ def test_two_store_objects_on_one_file_keep_both_writers_lines(tmp_path: Path) -
         a.accept(_finding(f"a{i}"), "dr-a")
         b.accept(_finding(f"b{i}"), "dr-b")
     assert len(_lines(path)) == 10
+    assert len(a) == len(b) == 10  # each sees the other's lines without a reload
     assert len(a.reload()) == 10
+
+
+def test_every_record_the_store_writes_passes_the_readers_check_and_older_lines_load(tmp_path: Path) -> None:
+    from cds.review.store import check_record
+
+    path = tmp_path / "r.jsonl"
+    store = ReviewStore(path)
+    f = _finding()
+    store.accept(f, "dr-a", comment="ok")
+    store.override(f, "dr-a", "other", comment="see note", entered_in_error=True)
+    store.override(f, "dr-b", "false-negative", clinician_interpretation="positive")
+    store.record_read(f, "dr-c", "pre-ai", False, 0)
+    store.record_read(f, "dr-c", "post-ai", True, 100)
+    lines = [json.loads(ln) for ln in _lines(path)]
+    assert [check_record(rec) for rec in lines] == [None] * 5
+    older = {k: v for k, v in lines[0].items() if k not in ("comment", "clinician_interpretation", "reason", "read")}
+    with open(path, "a") as fh:  # a line written before those optional keys existed
+        fh.write(json.dumps({**older, "id": "older"}) + "\n")
+    again = ReviewStore(path)
+    assert len(again) == 6 and again.problems == [] and again.status_of(f.id) == "final"
 
 
 def test_bad_actions_are_refused_before_anything_is_written(tmp_path: Path) -> None:

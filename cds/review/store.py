@@ -1,11 +1,20 @@
 """The durable log of what clinicians did with AI results: accept, override, reader-study reads.
 
-Every action is one line of an append-only JSON Lines file, written and ``fsync``-ed the moment it
-is made, so a kernel restart or a crash loses nothing that was confirmed on screen. A new
-:class:`ReviewStore` on the same file sees every earlier action. Nothing is ever deleted or
-rewritten: the latest action per finding is what the explorer shows, the earlier ones stay as the
-audit trail. A corrupt line (a crash in the middle of a write leaves a cut-off last line) is
-reported in :attr:`ReviewStore.problems` and skipped; the lines before and after it still load.
+Every action is one line of an append-only JSON Lines file, written completely and ``fsync``-ed
+the moment it is made (:mod:`cds.review.log_file`), so a kernel restart or a crash loses nothing that
+was confirmed on screen. A write that fails (disk full, I/O error, short write, permission denied)
+leaves the file as it was and raises :class:`ReviewNotSavedError`: the explorer then says "not
+saved", never a confirmation. Nothing is ever deleted or rewritten: the latest action per finding is
+what the explorer shows, the earlier ones stay as the audit trail.
+
+Every access re-reads what was appended since the last one (one ``stat`` when nothing changed), so
+two explorers (two store objects, two processes) on one log see each other's actions without a
+restart; :meth:`ReviewStore.poll` also tells the ``on_change`` listeners about them.
+
+Each line is checked against the record schema below. A line that is not a usable record (bad JSON,
+a missing ``finding_id``, a wrong type, a status that does not fit the action, a cut-off last line
+left by a crash) is reported in :attr:`ReviewStore.problems` with its line number and the reason and
+skipped; the lines before and after it still count.
 
 Each line is a FHIR-shaped dict::
 
@@ -33,26 +42,40 @@ builder (:mod:`cds.fhir.resources`) with the id of the AI Observation it reviews
 'amended'
 >>> ReviewStore(path).latest_review(f.id)["reason"]["coding"][0]["code"]
 'false-positive'
+>>> with open(path, "a") as fh:
+...     _ = fh.write('{"kind": "cds-review/1", "action": "accept"}' + chr(10))
+>>> print(store.problems[0].message)
+not a usable review record: missing id, finding_id, finding, reviewer, recorded, status
+>>> len(store)
+1
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import logging
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pandas as pd
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from cds.codes import FINDING_ID_SYSTEM, OVERRIDE_REASON_SYSTEM, REVIEWER_ID_SYSTEM, SURVEY, UCUM, coding
-from cds.errors import CdsError, ParameterError
+from cds.errors import ParameterError
 from cds.fhir.ids import observation_id, read_observation_id
 from cds.fhir.resources import (
     ModelInfo,
@@ -64,9 +87,12 @@ from cds.fhir.resources import (
     study_reference,
 )
 from cds.finding import Finding
+from cds.review.log_file import AppendLog, ReviewNotSavedError, ReviewStoreError
 
 __all__ = [
     "ReviewStore",
+    "ReviewStoreError",
+    "ReviewNotSavedError",
     "StoreProblem",
     "OVERRIDE_REASON_SYSTEM",
     "OVERRIDE_REASONS",
@@ -90,22 +116,24 @@ ACTION_STATUS = {"accept": "final", "override": "amended", "entered-in-error": "
 #: What the clinician says the truth is, for override reasons that imply it.
 _IMPLIED_TRUTH = {"false-positive": "negative", "false-negative": "positive", "wrong-location": "positive"}
 
+log = logging.getLogger(__name__)
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RECORD_KIND = "cds-review/1"
 
 
-class ReviewStoreError(CdsError):
-    """The review log cannot be opened or written; the message names the file."""
-
-
 @dataclass(frozen=True)
 class StoreProblem:
-    """A line of the log that could not be used (kept in the file, skipped on load)."""
+    """A line of the log that could not be used (kept in the file, skipped on load).
+
+    ``finding_id`` is the line's ``finding_id`` when it has a usable one (the explorer shows the
+    problem beside that finding's history), else None.
+    """
 
     path: str
     line: int
     message: str
     trailing: bool
+    finding_id: str | None = None
 
     def __str__(self) -> str:
         where = "last line (a write was cut off?)" if self.trailing else f"line {self.line}"
@@ -137,69 +165,279 @@ def finding_snapshot(finding: Finding | dict[str, Any]) -> dict[str, Any]:
     return snap
 
 
+# ------------------------------------------------------------------------------ record schema
+def _iso_datetime(text: str) -> str:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not an ISO 8601 date-time") from None
+    return text
+
+
+_Text = Annotated[str, Field(min_length=1)]
+_Number = Annotated[float, Field(allow_inf_nan=False)]
+_Strict = ConfigDict(extra="allow", strict=True)
+
+
+class _Location(BaseModel):
+    model_config = _Strict
+    kind: _Text
+    coords: list[_Number] = []
+
+
+class _Snapshot(BaseModel):
+    """What :func:`finding_snapshot` keeps: enough to rebuild the Finding and its Observation."""
+
+    model_config = _Strict
+    id: _Text | None = None
+    patient_id: _Text
+    study_uid: _Text
+    code_system: str
+    code: str
+    display: str
+    model_id: _Text
+    model_version: str
+    probability: _Number | None = None
+    value: _Number | None = None
+    threshold: _Number | None = None
+    indeterminate: Annotated[list[_Number], Field(min_length=2, max_length=2)] | None = None
+    location: _Location | None = None
+    unit: str | None = None
+    interpretation: str | None = None
+    series_uid: str | None = None
+
+
+class _Reviewer(BaseModel):
+    model_config = _Strict
+    reference: Annotated[str, Field(pattern=r"^Practitioner/[A-Za-z0-9\-.]{1,64}$")]
+
+
+class _Coding(BaseModel):
+    model_config = _Strict
+    code: _Text
+
+
+class _Reason(BaseModel):
+    model_config = _Strict
+    coding: Annotated[list[_Coding], Field(min_length=1)]
+
+
+class _Read(BaseModel):
+    model_config = _Strict
+    phase: Literal["pre-ai", "post-ai"]
+    finding_present: bool
+    confidence: Annotated[int, Field(ge=0, le=100)]
+
+
+class _Record(BaseModel):
+    model_config = _Strict
+    kind: Literal["cds-review/1"]
+    id: _Text
+    finding_id: _Text
+    finding: _Snapshot
+    reviewer: _Reviewer
+    recorded: Annotated[str, AfterValidator(_iso_datetime)]
+    comment: str | None = None
+    clinician_interpretation: Literal["positive", "negative"] | None = None
+
+    @model_validator(mode="after")
+    def _same_finding(self) -> _Record:
+        if self.finding.id is not None and self.finding.id != self.finding_id:
+            raise ValueError("finding.id differs from finding_id")
+        return self
+
+
+class _Accept(_Record):
+    action: Literal["accept"]
+    status: Literal["final"]
+    reason: None = None
+    read: None = None
+
+
+class _Override(_Record):
+    action: Literal["override"]
+    status: Literal["amended", "entered-in-error"]
+    reason: _Reason
+    read: None = None
+
+
+class _ReadAction(_Record):
+    action: Literal["read"]
+    status: None = None
+    reason: None = None
+    read: _Read
+
+
+_RECORD = TypeAdapter(Annotated[_Accept | _Override | _ReadAction, Field(discriminator="action")])
+
+
+def check_record(rec: Any) -> str | None:
+    """Why ``rec`` (a parsed log line) is not a usable review record, or None when it is.
+
+    >>> check_record({"kind": "cds-review/1", "action": "accept"}).startswith("missing id, finding_id")
+    True
+    >>> check_record([1, 2])
+    'not a JSON object'
+    """
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("kind") != RECORD_KIND:
+        return f"not a cds review record (kind is not {RECORD_KIND!r})"
+    try:
+        _RECORD.validate_python(rec)
+    except ValidationError as exc:
+        return _schema_reason(exc)
+    return None
+
+
+def _schema_reason(exc: ValidationError) -> str:
+    missing: list[str] = []
+    other: list[str] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] in ("accept", "override", "read"):  # the union's tag
+            loc = loc[1:]
+        where = ".".join(loc)
+        if err["type"] == "union_tag_not_found":
+            missing.append("action")
+        elif err["type"] == "union_tag_invalid":
+            other.append("action: not one of 'accept', 'override', 'read'")
+        elif err["type"] == "missing":
+            missing.append(where)
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            other.append(f"{where}: should be a JSON object")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            other.append(f"{where}: {msg}" if where else msg)
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + other[:3]
+    if len(other) > 3:
+        parts.append(f"{len(other) - 3} more")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------- the store
 class ReviewStore:
     """An append-only JSON Lines log of review actions (see the module docstring).
 
     Parameters
     ----------
     path
-        The ``.jsonl`` file; created (with its folder) on the first write. Existing lines are read now.
+        The ``.jsonl`` file; created (with its folder) on the first write. Existing lines are read now,
+        lines appended later (by anyone) on the next access.
 
     Attributes
     ----------
     problems : list of StoreProblem
-        Lines that could not be parsed (reported, skipped, never removed).
+        Lines that are not usable records (reported, skipped, never removed), in file order.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise ParameterError("store_path", f"{self.path} is a folder; give a .jsonl file path")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._log = AppendLog(self.path)
         self._actions: list[dict[str, Any]] = []
-        self.problems: list[StoreProblem] = []
-        self._listeners: list[Any] = []
+        self._problems: list[StoreProblem] = []
+        self._lines_of: dict[str, int] = {}  # action id -> its line
+        self._torn: StoreProblem | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._notified = 0  # _actions[:_notified] went to the listeners (or were there before any listener)
+        self._notified_ids: set[str] = set()
         self.reload()
 
     # ------------------------------------------------------------------------------------ reading
     def reload(self) -> list[dict[str, Any]]:
-        """Re-read the whole file (e.g. to see lines another process appended). Returns the actions."""
-        actions: list[dict[str, Any]] = []
-        problems: list[StoreProblem] = []
-        if self.path.exists():
-            try:
-                raw = self.path.read_bytes()
-            except OSError as exc:
-                raise ReviewStoreError(f"{self.path}: cannot read the review log ({exc.strerror or exc})") from None
-            lines = raw.split(b"\n")
-            last_nonempty = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-            for i, line in enumerate(lines):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict) or rec.get("kind") != RECORD_KIND or "action" not in rec:
-                        raise ValueError("not a cds review record")
-                except (ValueError, UnicodeDecodeError) as exc:
-                    problems.append(StoreProblem(str(self.path), i + 1, str(exc)[:200], i == last_nonempty))
-                    continue
-                actions.append(rec)
+        """Re-read the whole file. Returns the actions (every access already picks up appended lines)."""
         with self._lock:
-            self._actions = actions
-            self.problems = problems
-        return list(actions)
+            self._log.forget()
+            self._actions, self._problems, self._torn, self._lines_of = [], [], None, {}
+            self._sync()
+            if not self._listeners:
+                self._mark_announced()
+            else:
+                self._notified = 0  # poll() announces only the ids not announced before
+            return list(self._actions)
+
+    def _mark_announced(self) -> None:
+        """Count every action taken in so far as announced (they were there before anyone listened)."""
+        self._notified = len(self._actions)
+        self._notified_ids.update(a["id"] for a in self._actions)
+
+    def _sync(self) -> None:
+        """Take in the lines appended since the last look (by this object or any other writer)."""
+        with self._lock:
+            new = self._log.read_new()
+            if new.reset:
+                self._actions, self._problems, self._notified, self._lines_of = [], [], 0, {}
+            for line_no, raw in new.lines:
+                if raw.strip():
+                    self._take(line_no, raw)
+            self._torn = None
+            if new.torn is not None:
+                self._torn = StoreProblem(str(self.path), new.torn[0], "cut-off line (no newline after it)", True)
+
+    def _take(self, line_no: int, raw: bytes) -> None:
+        try:
+            rec = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._problems.append(StoreProblem(str(self.path), line_no, f"not valid JSON ({str(exc)[:120]})", False))
+            return
+        except RecursionError:
+            self._problems.append(StoreProblem(str(self.path), line_no, "not valid JSON (nested too deeply)", False))
+            return
+        why = check_record(rec)
+        if why is None and rec["id"] in self._lines_of:
+            why = f"the same action id as line {self._lines_of[rec['id']]} (a copied line?)"
+        if why is None:
+            self._lines_of[rec["id"]] = line_no
+            self._actions.append(rec)
+            return
+        fid = rec.get("finding_id") if isinstance(rec, dict) else None
+        self._problems.append(StoreProblem(str(self.path), line_no, f"not a usable review record: {why}", False,
+                                           fid if isinstance(fid, str) and fid else None))
+
+    @property
+    def problems(self) -> list[StoreProblem]:
+        """Lines that are not usable records, in file order (a cut-off last line last)."""
+        with self._lock:
+            self._sync()
+            return [*self._problems, *([self._torn] if self._torn else [])]
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Pick up appended lines and call the ``on_change`` listeners for each action not yet announced.
+
+        Returns those actions (other explorers' and this object's own), in file order.
+        """
+        with self._lock:
+            self._sync()
+            fresh = [a for a in self._actions[self._notified:] if a["id"] not in self._notified_ids]
+            self._notified = len(self._actions)
+            self._notified_ids.update(a["id"] for a in fresh)
+            listeners = list(self._listeners)
+        for rec in fresh:
+            for cb in listeners:
+                try:
+                    cb(rec)
+                except Exception:  # a listener's bug must not turn a saved action into an error
+                    log.exception("review log %s: a listener failed on a new action", self.path.name)
+        return fresh
 
     def actions(self, finding_id: str | None = None) -> list[dict[str, Any]]:
         """All actions in file order (optionally of one finding)."""
-        return [a for a in self._actions if finding_id is None or a.get("finding_id") == finding_id]
+        with self._lock:
+            self._sync()
+            return [a for a in self._actions if finding_id is None or a["finding_id"] == finding_id]
 
     def __len__(self) -> int:
-        return len(self._actions)
+        with self._lock:
+            self._sync()
+            return len(self._actions)
 
     def latest_review(self, finding_id: str) -> dict[str, Any] | None:
         """The latest accept/override of a finding (the one the explorer shows), or None."""
-        for a in reversed(self._actions):
-            if a.get("finding_id") == finding_id and a.get("action") in ("accept", "override"):
+        for a in reversed(self.actions(finding_id)):
+            if a["action"] in ("accept", "override"):
                 return a
         return None
 
@@ -212,9 +450,8 @@ class ReviewStore:
         """The latest ``pre-ai`` and ``post-ai`` reader-study reads of one reviewer on one finding."""
         out: dict[str, dict[str, Any] | None] = {"pre-ai": None, "post-ai": None}
         ref = _reviewer_ref(reviewer)["reference"]
-        for a in self._actions:
-            if a.get("action") == "read" and a.get("finding_id") == finding_id and \
-                    (a.get("reviewer") or {}).get("reference") == ref:
+        for a in self.actions(finding_id):
+            if a["action"] == "read" and a["reviewer"]["reference"] == ref:
                 out[a["read"]["phase"]] = a
         return out
 
@@ -223,62 +460,45 @@ class ReviewStore:
         cols = ["finding_id", "patient_id", "study_uid", "action", "status", "reviewer", "recorded",
                 "reason_code", "comment"]
         latest: dict[str, dict[str, Any]] = {}
-        for a in self._actions:
-            if a.get("action") in ("accept", "override"):
+        for a in self.actions():
+            if a["action"] in ("accept", "override"):
                 latest[a["finding_id"]] = a
         rows = []
         for fid, a in latest.items():
-            f = a.get("finding") or {}
-            coding = ((a.get("reason") or {}).get("coding") or [{}])[0]
-            rows.append({"finding_id": fid, "patient_id": f.get("patient_id"), "study_uid": f.get("study_uid"),
+            f = a["finding"]
+            code = a["reason"]["coding"][0]["code"] if a.get("reason") else None
+            rows.append({"finding_id": fid, "patient_id": f["patient_id"], "study_uid": f["study_uid"],
                          "action": a["action"], "status": a["status"],
-                         "reviewer": (a.get("reviewer") or {}).get("reference", "").split("/")[-1],
-                         "recorded": a.get("recorded"), "reason_code": coding.get("code"),
-                         "comment": a.get("comment")})
+                         "reviewer": a["reviewer"]["reference"].split("/")[-1],
+                         "recorded": a["recorded"], "reason_code": code, "comment": a.get("comment")})
         return pd.DataFrame(rows, columns=cols)
 
-    def on_change(self, callback: Any) -> None:
-        """Call ``callback(record)`` after every action this object writes (widgets refresh on it)."""
-        self._listeners.append(callback)
+    def on_change(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(record)`` for every new action: each one this object writes, and those other
+        writers appended, as :meth:`poll` (called after each write) picks them up."""
+        with self._lock:
+            if not self._listeners:
+                self._sync()
+                self._mark_announced()
+            self._listeners.append(callback)
 
     # ------------------------------------------------------------------------------------ writing
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        """Write ``record`` durably (or raise :class:`ReviewNotSavedError`), then announce the new actions."""
+        try:
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            why = check_record(json.loads(line))
+        except ValueError as exc:  # NaN / inf in the finding
+            why = str(exc)
+        if why is not None:  # never write a line the reader would refuse
+            raise ReviewNotSavedError(str(self.path), f"the finding cannot be recorded ({why})")
         with self._lock:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                new = not self.path.exists()
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            except OSError as exc:
-                raise ReviewStoreError(f"{self.path}: cannot open the review log for writing "
-                                       f"({exc.strerror or exc})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                prefix = b""
-                if size:  # a crash may have left a cut-off last line: start ours on a fresh line
-                    os.lseek(fd, size - 1, os.SEEK_SET)
-                    if os.read(fd, 1) != b"\n":
-                        prefix = b"\n"
-                os.write(fd, prefix + line + b"\n")
-                os.fsync(fd)
-            except OSError as exc:
-                raise ReviewStoreError(f"{self.path}: writing the review log failed ({exc.strerror or exc}); "
-                                       "the action was NOT saved") from None
-            finally:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                finally:
-                    os.close(fd)
-            if new:  # make the new directory entry durable too
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            self._actions.append(record)
-        for cb in list(self._listeners):
-            cb(record)
+            self._log.append(line)
+        try:
+            self.poll()
+        except ReviewStoreError as exc:  # saved; only re-reading failed (the next access tries again)
+            log.warning("review log %s: the action was saved but re-reading the log failed: %s", self.path.name,
+                        exc)
         return record
 
     def _base(self, action: str, finding: Finding | dict[str, Any], reviewer: str) -> dict[str, Any]:

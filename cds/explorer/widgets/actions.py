@@ -1,9 +1,15 @@
 """Clinician actions on one study's AI findings: accept, override with a coded reason, reader-study reads.
 
-Every click writes to the :class:`cds.review.store.ReviewStore` at once (fsync'ed) before the screen
-says it was saved. In reader-study mode the reader first records a read (finding present yes/no and
-a confidence 0-100) with the AI hidden; saving it reveals the AI (``on_reveal`` callbacks), then the
-reader records a second, post-AI read.
+Every click writes to the :class:`cds.review.store.ReviewStore` at once (completely, fsync'ed) before
+the screen says it was saved; a write that fails (disk full, I/O error, permission denied) shows
+"Not saved: <reason>" and no confirmation. In reader-study mode the reader first records a read
+(finding present yes/no and a confidence 0-100) with the AI hidden; saving it reveals the AI
+(``on_reveal`` callbacks), then the reader records a second, post-AI read.
+
+Actions other explorers append to the same log show up on :meth:`ActionsPanel.check_log` (the case
+view calls it on a timer and on each study switch) and after this panel's own next write: the
+history and reader-study state refresh and the ``on_action`` callbacks run. Log lines that are not
+usable records are listed in the history of the finding they name.
 
 >>> from cds.finding import Finding
 >>> from cds.review.store import ReviewStore
@@ -16,18 +22,23 @@ reader records a second, post-AI read.
 >>> panel.accept_button.click()
 >>> store.status_of(f.id)
 'final'
+>>> _ = ReviewStore(store.path).override(f, "dr-b", "false-positive")  # another explorer
+>>> [r["action"] for r in panel.check_log()], "override" in panel.history.value
+(['override'], True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import ipywidgets as W
 
 from cds.errors import CdsError
 from cds.explorer.widgets.static import error_html, esc
-from cds.review.store import OVERRIDE_REASONS, ReviewStore
+from cds.review.store import OVERRIDE_REASONS, ReviewNotSavedError, ReviewStore
 
 __all__ = ["ActionsPanel"]
 
@@ -52,6 +63,10 @@ class ActionsPanel(W.VBox):
         self.findings: list[Any] = []
         self._on_action: list[Callable[[dict[str, Any]], None]] = []
         self._on_reveal: list[Callable[[bool], None]] = []
+        self._batching = False
+        self._pending: list[dict[str, Any]] = []
+        ref = weakref.WeakMethod(self._on_log_record)
+        store.on_change(lambda rec: (m := ref()) is not None and m(rec))
         self.finding_select = W.Dropdown(description="Finding", options=[], layout=W.Layout(width="360px"),
                                          style={"description_width": "60px"})
         self.finding_select.observe(lambda _c: self._refresh(), "value")
@@ -93,12 +108,48 @@ class ActionsPanel(W.VBox):
 
     # ------------------------------------------------------------------------------ callbacks
     def on_action(self, callback: Callable[[dict[str, Any]], None]) -> None:
-        """Call ``callback(record)`` after each saved action."""
+        """Call ``callback(record)`` after each new action in the log: once per action this panel saves,
+        and once per batch of actions other explorers saved (with the latest of the batch)."""
         self._on_action.append(callback)
 
     def on_reveal(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(revealed)`` whenever the AI becomes visible / hidden (reader-study mode)."""
         self._on_reveal.append(callback)
+
+    # ------------------------------------------------------------------------------- the log
+    def check_log(self) -> list[dict[str, Any]]:
+        """Pick up actions other explorers appended to the log; refresh and notify if there are any.
+
+        Returns the new actions (empty when nothing changed; then nothing is redrawn).
+        """
+        with self._batch():
+            fresh = self.store.poll()
+        return fresh
+
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Collect the log's new actions while writing / polling; handle them once afterwards."""
+        outer = self._batching
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = outer
+            if not outer:
+                self._flush()
+
+    def _on_log_record(self, rec: dict[str, Any]) -> None:
+        self._pending.append(rec)
+        if not self._batching:  # another panel on the same store object wrote, or someone polled
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        last, self._pending = self._pending[-1], []
+        self._refresh(keep_inputs=True)
+        for cb in list(self._on_action):
+            cb(last)
 
     # ------------------------------------------------------------------------------------ state
     @property
@@ -127,7 +178,7 @@ class ActionsPanel(W.VBox):
             return True
         return self.store.reads(f.id, self.reviewer)["pre-ai"] is not None
 
-    def _refresh(self) -> None:
+    def _refresh(self, keep_inputs: bool = False) -> None:
         f = self.finding
         if f is None:
             self.read_box.layout.display = "none"
@@ -152,8 +203,9 @@ class ActionsPanel(W.VBox):
                 self.read_title.value = "<b>Reader study: both reads saved</b>"
                 self.read_button.disabled = True
                 self.review_box.layout.display = "flex"
-            self.present.value = None
-            self.confidence.value = 50
+            if not keep_inputs:
+                self.present.value = None
+                self.confidence.value = 50
         else:
             self.read_box.layout.display = "none"
             self.review_box.layout.display = "flex"
@@ -167,8 +219,12 @@ class ActionsPanel(W.VBox):
 
     def _history_html(self, f: Any) -> str:
         acts = self.store.actions(f.id)
+        bad = [p for p in self.store.problems if p.finding_id == f.id]
+        problems = "".join(f'<li class="cds-error cds-problem-row">Review log line {p.line} names this finding but '
+                           f"is not used: {esc(p.message)}</li>" for p in bad)
         if not acts:
-            return '<span class="cds-muted">No actions recorded for this finding yet.</span>'
+            none = '<span class="cds-muted">No actions recorded for this finding yet.</span>'
+            return none + (f'<ul class="cds-history-problems" style="margin:2px 0">{problems}</ul>' if bad else "")
         items = []
         for a in acts[-6:]:
             who = (a.get("reviewer") or {}).get("reference", "").split("/")[-1]
@@ -183,30 +239,39 @@ class ActionsPanel(W.VBox):
                          + (f" · “{esc(a['comment'])}”" if a.get("comment") else "") + "</li>")
         older = f"<li>… {len(acts) - 6} earlier</li>" if len(acts) > 6 else ""
         return (f'<div class="cds-history"><b>Saved actions</b> (latest wins, nothing is deleted)<ul '
-                f'style="margin:2px 0">{older}{"".join(items)}</ul></div>')
+                f'style="margin:2px 0">{older}{"".join(items)}{problems}</ul></div>')
 
     # ----------------------------------------------------------------------------------- actions
-    def _done(self, rec: dict[str, Any], text: str) -> None:
-        self.message.value = f'<span style="color:#2a7a2a">✔ {esc(text)} (saved to {esc(self.store.path.name)})</span>'
-        self._refresh()
-        for cb in list(self._on_action):
-            cb(rec)
+    def _done(self, text: str) -> None:
+        """Confirm a saved action (the refresh and ``on_action`` callbacks ran as the log announced it)."""
+        self.message.value = (f'<span class="cds-ok" role="status">✔ {esc(text)} (saved to '
+                              f"{esc(self.store.path.name)})</span>")
 
     def _fail(self, exc: Exception) -> None:
-        self.message.value = error_html(f"Not saved: {exc}")
+        if isinstance(exc, ReviewNotSavedError):
+            text = f"Not saved: {exc.reason} (review log {self.store.path.name}). Your action was not recorded."
+        else:
+            text = f"Not saved: {exc}"
+        self.message.value = error_html(text, "div", "cds-not-saved")
+
+    def _write(self, action: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Run one store write; on any cds error say "Not saved" and return None."""
+        try:
+            with self._batch():
+                return action()
+        except CdsError as exc:
+            self._fail(exc)
+            return None
 
     def accept(self) -> dict[str, Any] | None:
         """Accept the selected finding (status final)."""
         f = self.finding
         if f is None:
             return None
-        try:
-            rec = self.store.accept(f, self.reviewer, comment=self.comment.value)
-        except CdsError as exc:
-            self._fail(exc)
-            return None
-        self.comment.value = ""
-        self._done(rec, f"Accepted {f.display}")
+        rec = self._write(lambda: self.store.accept(f, self.reviewer, comment=self.comment.value))
+        if rec is not None:
+            self.comment.value = ""
+            self._done(f"Accepted {f.display}")
         return rec
 
     def override(self) -> dict[str, Any] | None:
@@ -214,13 +279,11 @@ class ActionsPanel(W.VBox):
         f = self.finding
         if f is None:
             return None
-        try:
-            rec = self.store.override(f, self.reviewer, self.reason.value, comment=self.comment.value)
-        except CdsError as exc:
-            self._fail(exc)
-            return None
-        self.comment.value = ""
-        self._done(rec, f"Overrode {f.display}: {self.reason.value}")
+        reason = self.reason.value
+        rec = self._write(lambda: self.store.override(f, self.reviewer, reason, comment=self.comment.value))
+        if rec is not None:
+            self.comment.value = ""
+            self._done(f"Overrode {f.display}: {reason}")
         return rec
 
     def save_read(self) -> dict[str, Any] | None:
@@ -232,10 +295,10 @@ class ActionsPanel(W.VBox):
             self.message.value = error_html('Choose "finding present" or "finding absent" first.')
             return None
         phase = "pre-ai" if self.store.reads(f.id, self.reviewer)["pre-ai"] is None else "post-ai"
-        try:
-            rec = self.store.record_read(f, self.reviewer, phase, bool(self.present.value), int(self.confidence.value))
-        except CdsError as exc:
-            self._fail(exc)
-            return None
-        self._done(rec, f"Saved your {phase} read")
+        present, confidence = bool(self.present.value), int(self.confidence.value)
+        rec = self._write(lambda: self.store.record_read(f, self.reviewer, phase, present, confidence))
+        if rec is not None:
+            self.present.value = None  # the next phase starts with empty inputs
+            self.confidence.value = 50
+            self._done(f"Saved your {phase} read")
         return rec

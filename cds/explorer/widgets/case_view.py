@@ -3,6 +3,12 @@
 Built from a :class:`cds.sources.cohort.Cohort` (``cohort.patient(pid)``) and the Findings of the patient's
 studies. Switching patient re-renders HTML pieces and one image; nothing is recomputed for the cohort.
 
+Other explorers on the same review log: on each study switch, and every ``watch_seconds`` while the
+kernel's event loop runs (Jupyter, voila), :meth:`CaseView.check_log` picks up the actions they
+appended (one ``stat`` when nothing changed) and redraws the findings, the history and, through the
+actions panel's ``on_action`` callbacks, the worklist. Log lines that are not usable records are
+listed above the actions (line number and reason); a failed write says "Not saved".
+
 >>> import cds  # doctest: +SKIP
 >>> view = CaseView(cds.load_cohort("fhir_samples"), findings=[], store=ReviewStore("r.jsonl"),
 ...                 reviewer="dr-a")  # doctest: +SKIP
@@ -11,6 +17,7 @@ studies. Switching patient re-renders HTML pieces and one image; nothing is reco
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -26,6 +33,7 @@ from cds.explorer.widgets.static import (
     STYLE,
     StaticFallback,
     error_html,
+    esc,
     findings_html,
     image_html,
     patient_header_html,
@@ -76,11 +84,15 @@ class CaseView(StaticFallback, W.VBox):
         model id -> ``{"name", "version", "html", "path"}`` (see :func:`cds.explorer.app.model_cards`).
     failures
         :class:`cds.finding.Failure` records: the findings panel of a study says which model could not run.
+    watch_seconds
+        How often to look for other explorers' actions while an event loop runs (None: only on study
+        switches and :meth:`check_log` calls).
     """
 
     def __init__(self, cohort: Any, findings: Sequence[Any], store: ReviewStore, reviewer: str,
                  reader_study: bool = False, cards: dict[str, dict[str, Any]] | None = None,
-                 image_cache: int = 8, failures: Sequence[Failure] = (), **kwargs: Any) -> None:
+                 image_cache: int = 8, failures: Sequence[Failure] = (), watch_seconds: float | None = 5.0,
+                 **kwargs: Any) -> None:
         self.cohort = cohort
         self.by_study = group_findings(findings)
         self.failures_by_study: dict[str, list[Failure]] = {}
@@ -112,14 +124,79 @@ class CaseView(StaticFallback, W.VBox):
         self.actions = ActionsPanel(store, reviewer, reader_study=reader_study)
         self.actions.on_reveal(self._on_reveal)
         self.actions.on_action(lambda _rec: self._update_findings_panel())
+        self.log_status = W.HTML()
+        self.log_status.add_class("cds-log-status")
+        self._watch: asyncio.TimerHandle | None = None
         self.timeline = W.HTML()
         self.trends = W.HTML()
         left = W.VBox([self.study_select, self.image_message, self.viewer], layout=W.Layout(min_width="540px"))
-        right = W.VBox([self.findings_panel, self.actions], layout=W.Layout(width="420px", margin="0 0 0 12px"))
+        right = W.VBox([self.findings_panel, self.log_status, self.actions],
+                       layout=W.Layout(width="420px", margin="0 0 0 12px"))
         super().__init__([W.HTML(STYLE), self.header, W.HBox([left, right], layout=W.Layout(flex_flow="row wrap")),
                           self.timeline, W.HTML("<b>Lab and vital-sign trends</b>"), self.trends], **kwargs)
         self.add_class("cds-case-view")
         self.add_class("cds-live")
+        self._update_log_status()
+        if watch_seconds:
+            self.watch_log(watch_seconds)
+
+    # ------------------------------------------------------------------------------ review log
+    def check_log(self) -> list[dict[str, Any]]:
+        """Show the actions other explorers appended to the review log since the last look.
+
+        Returns them (empty when nothing changed). An unreadable log is said above the actions.
+        """
+        try:
+            fresh = self.actions.check_log()
+        except CdsError as exc:
+            self.log_status.value = error_html(f"Review log not readable: {exc}", "div")
+            return []
+        self._update_log_status()
+        return fresh
+
+    def watch_log(self, seconds: float) -> bool:
+        """Call :meth:`check_log` every ``seconds`` on the running event loop; False when none runs."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self.stop_watching()
+
+        def tick() -> None:
+            try:
+                self.check_log()
+            finally:
+                self._watch = loop.call_later(seconds, tick)
+
+        self._watch = loop.call_later(seconds, tick)
+        return True
+
+    def stop_watching(self) -> None:
+        """Stop the :meth:`watch_log` timer."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def close(self) -> None:
+        """Stop watching the log and close the widget."""
+        self.stop_watching()
+        super().close()
+
+    def _update_log_status(self) -> None:
+        try:
+            problems = self.store.problems
+        except CdsError as exc:
+            self.log_status.value = error_html(f"Review log not readable: {exc}", "div")
+            return
+        if not problems:
+            self.log_status.value = ""
+            return
+        rows = "".join(f'<li class="cds-error cds-problem-row">{esc(f"line {p.line}: {p.message}")}</li>'
+                       for p in problems[-20:])
+        more = f"<li>… {len(problems) - 20} earlier</li>" if len(problems) > 20 else ""
+        self.log_status.value = (f'<details class="cds-box"><summary class="cds-error">Review log: {len(problems)} '
+                                 f"line(s) not used (kept in {esc(self.store.path.name)}, skipped; the other actions "
+                                 f"count)</summary><ul>{more}{rows}</ul></details>")
 
     # ------------------------------------------------------------------------------------- show
     def show(self, patient_id: str, study_uid: str | None = None) -> None:
@@ -181,6 +258,7 @@ class CaseView(StaticFallback, W.VBox):
 
     def show_study(self, study_uid: str | None) -> None:
         """Show one of the current patient's studies: image, findings, actions, timeline ring."""
+        self.check_log()
         self.study_uid = study_uid
         self.timeline.value = timeline_html(self.studies, study_uid, blind=self.reader_study)
         findings = self.by_study.get(str(study_uid), []) if study_uid else []
