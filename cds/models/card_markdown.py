@@ -30,7 +30,7 @@ AI_NOTICE = "Results of this model are AI-generated and preliminary until a clin
 _OWN = {"model_id", "weights", "intended_use", "proxy_for", "task", "modality", "body_site", "prognostic",
         "explanation", "outputs", "coding_note", "code_note", "code_system_note", "threshold", "indeterminate",
         "operating_point", "threshold_rule", "ef_rule", "inputs", "training_data", "performance", "calibrated",
-        "calibration", "derived_from", "limitations", "context"}
+        "calibration", "derived_from", "limitations", "context", "intended_for"}
 _PERF_HEAD = ("data", "split", "split_rule", "mode", "n_cases", "n_patients", "n_positive", "n_positive_patients",
               "n_lesions", "n_abnormal_images")
 _PERF_OWN = {*_PERF_HEAD, "metrics", "comparisons", "notes", "caveats", "evaluation_command", "data_command"}
@@ -194,6 +194,44 @@ def _calibration(card: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _intended_for(v: Any) -> list[str]:
+    """The card's ``intended_for`` as the people reading the card need it: who and what the model
+    answers for, and the out-of-distribution reference (see :mod:`cds.models.vouch`)."""
+    if not isinstance(v, Mapping) or not v:
+        return []
+    out: list[str] = []
+    ages = v.get("age_years")
+    if ages:
+        lo, hi = ages
+        span = (f"{_scalar(lo)} to {_scalar(hi)} years" if lo is not None and hi is not None
+                else f"{_scalar(lo)} years and over" if lo is not None else f"up to {_scalar(hi)} years")
+        unknown = ("refused (no answer)" if v.get("age_unknown", "refuse") == "refuse"
+                   else "accepted with a warning" + (f": {v['age_unknown_reason']}" if v.get("age_unknown_reason") else ""))
+        out += [f"- patient age: {span}; a study whose patient has no recorded age is {unknown}"]
+    for key, label in (("views", "views"), ("body_parts", "body parts")):
+        if v.get(key):
+            out.append(f"- {label}: {', '.join(map(str, v[key]))} (an unrecorded one is accepted with a warning)")
+    if v.get("min_size_px"):
+        out.append(f"- image size: at least {v['min_size_px']} pixels per side")
+    if v.get("min_slices"):
+        out.append(f"- volume: at least {v['min_slices']} slices")
+    prof = v.get("input_profile")
+    if isinstance(prof, Mapping) and prof.get("features"):
+        out += ["", "Input profile (out-of-distribution check): a study is refused as \"input rejected\" when one of "
+                f"the features {', '.join(prof['features'])} lies more than {_scalar(prof.get('max_z'))} robust SDs "
+                f"(|x - median| / (1.4826 MAD)) from the training images ({prof.get('data', 'training data')}, "
+                f"n = {prof.get('n')})."]
+        if prof.get("command"):
+            out.append(f"Computed by `{prof['command']}`.")
+        checked = prof.get("checked_on") or {}
+        if checked:
+            out += ["", "| images | fraction refused |", "| --- | --- |",
+                    *[f"| {k} | {_scalar(x)} |" for k, x in checked.items()]]
+    out += ["", "Outside these a model gives no answer: the study is recorded as \"outside intended use\" with "
+            "the reason, never scored."]
+    return out
+
+
 def model_card_markdown(model_id: str, version: str, card: Mapping[str, Any],
                         metadata: Mapping[str, Any] | None = None) -> str:
     """The model card (the bundle's ``cds`` section plus MONAI metadata) as Markdown.
@@ -219,6 +257,7 @@ def model_card_markdown(model_id: str, version: str, card: Mapping[str, Any],
     for title, key in (("Intended use", "intended_use"), ("Proxy for", "proxy_for")):
         text = card.get(key) or (meta.get(key) if key == "intended_use" else None)
         lines += _section(title, [str(text)] if text else [])
+    lines += _section("Intended population and inputs", _intended_for(card.get("intended_for")))
     lines += _section("Task", [f"- {k}: {_inline(card[k])}" for k in ("task", "modality", "body_site", "prognostic",
                                                                       "explanation") if card.get(k) is not None])
     out = [x for o in card.get("outputs") or [] for x in _output_line(o)]
