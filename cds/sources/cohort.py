@@ -17,7 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from cds.errors import ParameterError
 from cds.sources.fhir_read import Problem, RawResource, read_resources, read_server
+from cds.sources.pixel_access import PixelAccess
+from cds.sources.records import kind_group, problem_for
 from cds.sources.tables import TABLE_COLUMNS, build_tables
 
 __all__ = ["Cohort", "load_cohort", "PatientRecord"]
@@ -42,8 +45,9 @@ class PatientRecord:
 class Cohort:
     """Patients, conditions, observations, medications, encounters and imaging as DataFrames.
 
-    ``problems`` lists every resource or file that could not be used (invalid JSON, failed R4
-    validation, dangling references); valid resources still load.
+    ``problems`` lists every file, resource or value that could not be used (invalid JSON, failed R4
+    validation, dangling or cross-patient references, impossible values, refused pixel locations;
+    kinds in :data:`cds.sources.records.PROBLEM_KINDS`); valid data still loads.
     """
 
     patients: pd.DataFrame
@@ -56,16 +60,27 @@ class Cohort:
     source: str = ""
     reference_date: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    #: Where pixel locations of this cohort may lead (cohort root, image roots, allowed DICOMweb bases):
+    #: ``cohort.pixel_access.resolve(location, "")`` re-checks a location before it is opened.
+    pixel_access: PixelAccess = field(default_factory=PixelAccess)
     _groups: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def invalid_resources(self) -> list[Problem]:
-        """Problems that made a resource or file unusable (not dangling references)."""
-        return [p for p in self.problems if p.kind != "dangling-reference"]
+        """Problems that made a file or a resource unusable (it is not in the tables)."""
+        return [p for p in self.problems if kind_group(p.kind) in ("file", "resource")]
 
     @property
     def dangling_references(self) -> list[Problem]:
+        """References to a Patient or Encounter the cohort does not have."""
         return [p for p in self.problems if p.kind == "dangling-reference"]
+
+    @property
+    def implausible_values(self) -> list[Problem]:
+        """Resources kept with a value left out: impossible dates, wrong types, cross-patient links, refused
+        pixel locations (everything that is neither an invalid resource nor a dangling reference)."""
+        return [p for p in self.problems
+                if kind_group(p.kind) not in ("file", "resource") and p.kind != "dangling-reference"]
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """All tables by name."""
@@ -86,6 +101,7 @@ class Cohort:
             "encounters": int(len(self.encounters)),
             "invalid_resources": len(self.invalid_resources),
             "dangling_references": len(self.dangling_references),
+            "implausible_values": len(self.implausible_values),
             "modalities": {str(k): int(v) for k, v in img["modality"].value_counts().sort_index().items()},
             "sex": {str(k): int(v) for k, v in self.patients["sex"].value_counts().sort_index().items()},
             "reference_date": self.reference_date,
@@ -125,7 +141,44 @@ def _is_url(source: str) -> bool:
     return source.startswith("http://") or source.startswith("https://")
 
 
-def load_cohort(source: str | Path, validate: bool = True, reference_date: str | date | None = None) -> Cohort:
+def _reference_date(reference_date: str | date | None) -> str:
+    """The reference date as ``YYYY-MM-DD``; :class:`ParameterError` naming ``reference_date`` if it is no date.
+
+    >>> _reference_date("2026-01-01"), _reference_date(date(2020, 6, 2))
+    ('2026-01-01', '2020-06-02')
+    """
+    if reference_date is None or reference_date == "":
+        return str(date.today())
+    if isinstance(reference_date, date):  # datetime and pandas.Timestamp too
+        return reference_date.isoformat()[:10]
+    text = str(reference_date).strip()
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ParameterError("reference_date", f"{reference_date!r} is not a date; give it as YYYY-MM-DD "
+                                               "(e.g. 2026-01-01)") from None
+
+
+def _cohort_root(src: str) -> Path | None:
+    """Where pixel paths in the cohort's data may lead: the folder loaded (or the file's folder); the
+    shipped sample cohort as a whole when a part of it is loaded (its bundles point into ``dicom/``)."""
+    if _is_url(src):
+        return None
+    p = Path(src).resolve()
+    root = p if p.is_dir() else p.parent
+    from cds.locations import sample_cohort_dir
+
+    sample = sample_cohort_dir()
+    if sample is not None and (root == sample.resolve() or sample.resolve() in root.parents):
+        return sample.resolve()
+    return root
+
+
+def load_cohort(source: str | Path, validate: bool = True, reference_date: str | date | None = None, *,
+                dicomweb_hosts: list[str] | None = None, image_roots: list[str | Path] | None = None,
+                max_file_mb: float | None = None) -> Cohort:
     """Load a cohort from a Bundle file, a folder of bundles / ndjson, or a FHIR server base URL.
 
     Parameters
@@ -136,23 +189,37 @@ def load_cohort(source: str | Path, validate: bool = True, reference_date: str |
     validate
         Validate every resource with ``fhir.resources.R4B`` (default). Invalid resources are listed
         in ``Cohort.problems`` with file, entry index, type and message, and left out of the tables.
-        ``False`` skips validation for speed (tables are built from the raw JSON either way).
+        ``False`` skips validation for speed (tables are built from the raw JSON either way, and the
+        plausibility checks of :mod:`cds.sources.plausibility` run in both cases).
     reference_date
-        The date ages are computed at (default: today). Fix it for reproducible reports.
+        The date ages are computed at (default: today), ``YYYY-MM-DD``. Fix it for reproducible reports.
+    dicomweb_hosts
+        DICOMweb base URLs (``http://127.0.0.1:8042/dicom-web``) or ``host[:port]`` names that pixel
+        URLs in the data (``Endpoint.address``, instance locations) may point at; added to
+        ``$CDS_DICOMWEB_HOSTS``. None by default: any other URL is a ``location-refused`` problem.
+    image_roots
+        Folders besides the cohort root (the folder loaded, or the loaded file's folder) that local
+        pixel paths may resolve into; added to ``$CDS_IMAGE_ROOTS`` (see :mod:`cds.sources.pixel_access`).
+    max_file_mb
+        Largest FHIR file read (default 512 MB or ``$CDS_MAX_FHIR_FILE_MB``); larger ones are a ``too-large`` problem.
 
     Raises
     ------
     cds.errors.FhirInputError
-        The source does not exist, holds no FHIR files, or the server cannot be reached.
+        The source does not exist, is no regular file, holds no FHIR files, or the server cannot be reached.
+    cds.errors.ParameterError
+        ``reference_date``, ``dicomweb_hosts``, ``image_roots`` or ``max_file_mb`` is not usable.
     """
     from cds.sources.fhir_validate import validate_resource
 
     t0 = time.perf_counter()
     src = str(source)
+    ref = _reference_date(reference_date)
+    access = PixelAccess.build(_cohort_root(src), image_roots, dicomweb_hosts)
     if _is_url(src):
-        resources, problems = read_server(src)
+        resources, problems = read_server(src, max_file_mb=max_file_mb)
     else:
-        resources, problems = read_resources(src)
+        resources, problems = read_resources(src, max_file_mb=max_file_mb)
     t1 = time.perf_counter()
     if validate:
         kept: list[RawResource] = []
@@ -161,15 +228,13 @@ def load_cohort(source: str | Path, validate: bool = True, reference_date: str |
             if ok:
                 kept.append(rr)
             else:
-                problems.append(Problem(rr.source, rr.index, rr.resource.get("resourceType"),
-                                        rr.resource.get("id"), "validation", msg))
+                problems.append(problem_for(rr, "validation", msg))
         resources = kept
     t2 = time.perf_counter()
-    ref = str(reference_date or date.today())
-    tables, dangling = build_tables(resources, reference_date=ref)
+    tables, table_problems = build_tables(resources, reference_date=ref, access=access)
     t3 = time.perf_counter()
-    problems.extend(dangling)
-    cohort = Cohort(**tables, problems=problems, source=src, reference_date=ref,
+    problems.extend(table_problems)
+    cohort = Cohort(**tables, problems=problems, source=src, reference_date=ref, pixel_access=access,
                     timings={"read_s": t1 - t0, "validate_s": t2 - t1, "tables_s": t3 - t2})
     log.info("cohort loaded: %d patients, %d imaging series, %d problems in %.2f s",
              len(cohort.patients), len(cohort.imaging), len(problems), t3 - t0)

@@ -60,6 +60,8 @@ def validate_resource(resource: dict[str, Any]) -> tuple[bool, str]:
         model.model_validate(resource)
     except ValidationError as exc:
         return False, format_errors(rtype, exc.errors())
+    except RecursionError:
+        return False, f"{rtype}: nested too deeply to validate"
     except Exception as exc:  # noqa: BLE001 - fhir.resources raises assorted errors on odd input
         return False, f"{rtype}: {exc}"
     return True, ""

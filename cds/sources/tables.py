@@ -12,7 +12,7 @@ empty cohorts still give tables with the right columns.
 ...                     "subject": {"reference": "Patient/p1"},
 ...                     "effectiveDateTime": "2020-04-01",
 ...                     "valueQuantity": {"value": 6.0, "unit": "mg/L"}}, "x.json", 1)]
->>> t, dangling = build_tables(res, reference_date="2020-06-01")
+>>> t, problems = build_tables(res, reference_date="2020-06-01")
 >>> float(t["patients"].loc[0, "age_years"]), float(t["observations"].loc[0, "value"])
 (70.0, 6.0)
 """
@@ -21,17 +21,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 # INSTANCE_LOCATION_URL: the extension on ImagingStudy.series.instance giving the file (relative to the
 # Bundle file) or URL where that instance's pixels are; re-exported here for readers of the tables.
-from cds.codes import DICOM_UID_SYSTEM, INSTANCE_LOCATION_URL, URI_SYSTEM
-from cds.sources.fhir_read import Problem, RawResource
+from cds.codes import INSTANCE_LOCATION_URL
+from cds.sources.fhir_values import (
+    PATIENT_REF_FIELDS,
+    as_list,
+    as_str,
+    coding,
+    dicts,
+    first_display,
+    patient_ref,
+    period,
+    ref_id,
+    ref_type,
+)
+from cds.sources.imaging_rows import RowContext, imaging_rows
+from cds.sources.pixel_access import PixelAccess
+from cds.sources.plausibility import GENDERS, deduplicate, fhir_date, value_type_error
+from cds.sources.records import Problem, RawResource
 
-__all__ = ["build_tables", "TABLE_COLUMNS", "INSTANCE_LOCATION_URL", "ref_id"]
+__all__ = ["build_tables", "TABLE_COLUMNS", "INSTANCE_LOCATION_URL", "ref_id", "ref_type", "age_years"]
 
 TABLE_COLUMNS: dict[str, list[str]] = {
     "patients": ["patient_id", "sex", "birth_date", "deceased", "deceased_date", "age_years", "name", "source"],
@@ -56,65 +70,8 @@ _TIME_COLS = {
     "imaging": ["started"],
 }
 
-_PATIENT_REF_FIELDS = ("subject", "patient")
-
-
-def ref_id(ref: Any) -> str | None:
-    """The id a FHIR Reference points at: ``Patient/x``, ``urn:uuid:x``, or an absolute URL.
-
-    >>> ref_id({"reference": "urn:uuid:abc"}), ref_id({"reference": "http://h/fhir/Patient/p1/_history/2"})
-    ('abc', 'p1')
-    """
-    if not isinstance(ref, dict):
-        return None
-    r = ref.get("reference")
-    if not isinstance(r, str) or not r:
-        return None
-    if r.startswith("urn:uuid:") or r.startswith("urn:oid:"):
-        return r.split(":", 2)[2]
-    parts = r.split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    return parts[-1] if parts else None
-
-
-def _coding(cc: Any) -> tuple[str | None, str | None, str | None]:
-    """First coding of a CodeableConcept as (system, code, display), display falling back to text."""
-    if not isinstance(cc, dict):
-        return None, None, None
-    codings = cc.get("coding") or []
-    c = codings[0] if codings and isinstance(codings[0], dict) else {}
-    return c.get("system"), c.get("code"), c.get("display") or cc.get("text")
-
-
-def _first_display(ccs: Any) -> str | None:
-    if isinstance(ccs, list) and ccs:
-        return _coding(ccs[0])[2]
-    return None
-
-
-def _period(p: Any) -> tuple[str | None, str | None]:
-    if not isinstance(p, dict):
-        return None, None
-    return p.get("start"), p.get("end")
-
-
-def _patient_ref(res: dict[str, Any]) -> str | None:
-    for f in _PATIENT_REF_FIELDS:
-        if f in res:
-            return ref_id(res[f])
-    return None
-
-
-def _dicom_uid(identifiers: Any) -> str | None:
-    for ident in identifiers or []:
-        v = ident.get("value") if isinstance(ident, dict) else None
-        if isinstance(v, str) and ident.get("system") in (DICOM_UID_SYSTEM, URI_SYSTEM):
-            return v.removeprefix("urn:oid:")
-    return None
-
-
 def _quantity(res: dict[str, Any], row: dict[str, Any]) -> None:
+    """Fill value / unit / comparator / value_string (types already checked by ``value_type_error``)."""
     q = res.get("valueQuantity")
     if isinstance(q, dict):
         row["value"] = q.get("value")
@@ -125,185 +82,209 @@ def _quantity(res: dict[str, Any], row: dict[str, Any]) -> None:
         if key in res:
             if key == "valueInteger":
                 row["value"] = float(res[key])
-            row["value_string"] = str(res[key])
+            row["value_string"] = str(res[key]).lower() if key == "valueBoolean" else str(res[key])
             return
     if "valueCodeableConcept" in res:
-        row["value_string"] = _coding(res["valueCodeableConcept"])[2]
+        row["value_string"] = coding(res["valueCodeableConcept"])[2]
     elif "dataAbsentReason" in res:
-        _, code, disp = _coding(res["dataAbsentReason"])
+        _, code, disp = coding(res["dataAbsentReason"])
         row["value_string"] = "absent: " + str(disp or code or "unknown")
         # off-scale results: keep the direction (below / above the detection limit) as a comparator
         if code in ("negative-infinity", "positive-infinity"):
             row["comparator"] = "<" if code == "negative-infinity" else ">"
         else:
-            interp = _coding((res.get("interpretation") or [None])[0])[1]
+            interp = coding((as_list(res.get("interpretation")) or [None])[0])[1]
             if interp in ("<", ">"):
                 row["comparator"] = interp
 
 
-def _resolve_location(loc: str, source: str) -> str:
-    if "://" in loc:
-        return loc
-    if loc.startswith("file:"):
-        loc = loc[5:]
-    p = Path(loc)
-    if not p.is_absolute() and source and "://" not in source:
-        p = (Path(source).parent / p).resolve()
-    return str(p)
-
-
-def _imaging_rows(res: dict[str, Any], rr: RawResource, pid: str | None,
-                  endpoints: dict[str, str]) -> list[dict[str, Any]]:
-    study_uid = _dicom_uid(res.get("identifier"))
-    endpoint_urls = [endpoints[e] for e in (ref_id(x) for x in res.get("endpoint") or []) if e in endpoints]
-    rows = []
-    for series in res.get("series") or []:
-        suid = series.get("uid")
-        instances = series.get("instance") or []
-        uids = tuple(i.get("uid") for i in instances if isinstance(i, dict))
-        locs: list[str] = []
-        for inst in instances:
-            for ext in inst.get("extension") or []:
-                if ext.get("url") == INSTANCE_LOCATION_URL and ext.get("valueUrl"):
-                    locs.append(_resolve_location(ext["valueUrl"], rr.source))
-        s_endpoints = [endpoints[e] for e in (ref_id(x) for x in series.get("endpoint") or []) if e in endpoints]
-        wado = (s_endpoints or endpoint_urls or [None])[0]
-        if locs:
-            folders = {str(Path(x).parent) for x in locs if "://" not in x}
-            location = locs[0] if len(locs) == 1 else (folders.pop() if len(folders) == 1 else locs[0])
-        elif wado and study_uid and suid:
-            location = f"{wado.rstrip('/')}/studies/{study_uid}/series/{suid}"
-        else:
-            location = None
-        mod = series.get("modality") or {}
-        body = series.get("bodySite") or {}
-        rows.append({
-            "patient_id": pid, "imaging_study_id": res.get("id"), "study_uid": study_uid, "series_uid": suid,
-            "instance_uids": uids, "modality": mod.get("code"), "body_site": body.get("display") or body.get("code"),
-            "view": _view(series), "description": series.get("description") or res.get("description"),
-            "started": series.get("started") or res.get("started"), "n_instances": len(uids),
-            "pixel_location": location, "instance_locations": tuple(locs),
-            "encounter_id": ref_id(res.get("encounter")), "source": rr.source,
-        })
-    return rows
-
-
-def _view(series: dict[str, Any]) -> str | None:
-    for ext in series.get("extension") or []:
-        if str(ext.get("url", "")).endswith("view-position"):
-            return ext.get("valueString") or ext.get("valueCode")
-    desc = (series.get("description") or "").upper().split()
-    for v in ("PA", "AP", "LAT", "LL", "RL", "MLO", "CC"):
-        if v in desc:
-            return v
-    return None
-
-
 def age_years(birth: Any, until: Any) -> Any:
-    """Age in years (one decimal) at ``until``: the one age computation of cds.
+    """Age in years (one decimal) at ``until``: the one age computation of cds. Never negative: a
+    ``birth`` after ``until`` gives no age (``None`` / NaN), not a negative one.
 
     Works on two scalars (``None`` when either is missing) or two Series (element-wise).
 
     >>> age_years("1950-06-01", "2020-06-01")
     70.0
-    >>> age_years(None, "2020-06-01") is None
-    True
+    >>> age_years(None, "2020-06-01") is None, age_years("2021-01-01", "2020-06-01") is None
+    (True, True)
     """
     if isinstance(birth, pd.Series) or isinstance(until, pd.Series):
-        return ((until - birth).dt.days / 365.2425).round(1)
+        age = ((until - birth).dt.days / 365.2425).round(1)
+        return age.where(age >= 0)
     if birth is None or until is None or pd.isna(birth) or pd.isna(until):
         return None
-    return round((pd.Timestamp(until) - pd.Timestamp(birth)).days / 365.2425, 1)
+    age = round((pd.Timestamp(until) - pd.Timestamp(birth)).days / 365.2425, 1)
+    return age if age >= 0 else None
+
+
+def _patient_row(rr: RawResource, ctx: RowContext) -> dict[str, Any]:
+    res = rr.resource
+    birth = ctx.date(rr, res.get("birthDate"), "Patient.birthDate")
+    dec = ctx.date(rr, res.get("deceasedDateTime"), "Patient.deceasedDateTime")
+    b, d = fhir_date(birth)[0] if birth else None, fhir_date(dec)[0] if dec else None
+    if b is not None and b > ctx.today.timetuple()[:3]:
+        ctx.add(rr, "future-birth-date", "Patient.birthDate is after today; birth_date and age_years left empty")
+        birth = b = None
+    elif b is not None and b > ctx.reference.timetuple()[:3]:
+        ctx.add(rr, "future-birth-date", f"Patient.birthDate is after the cohort's reference date {ctx.reference}; "
+                                         "age_years left empty")
+    if d is not None and d > ctx.today.timetuple()[:3]:
+        ctx.add(rr, "future-death-date", "Patient.deceasedDateTime is after today; deceased_date left empty")
+        dec = d = None
+    if b is not None and d is not None and d < b:
+        ctx.add(rr, "death-before-birth", "Patient.deceasedDateTime is before Patient.birthDate; "
+                                          "birth_date, deceased_date and age_years left empty")
+        birth = dec = None
+    gender = res.get("gender")
+    if gender is not None and gender not in GENDERS:
+        what = "not a string" if not isinstance(gender, str) else "not one of " + ", ".join(GENDERS)
+        ctx.add(rr, "wrong-code", f"Patient.gender is {what}; sex left empty")
+        gender = None
+    dec_bool = res.get("deceasedBoolean")
+    if dec_bool is not None and not isinstance(dec_bool, bool):
+        ctx.add(rr, "wrong-type", "Patient.deceasedBoolean is not true or false; not used")
+        dec_bool = None
+    name = None
+    for n in dicts(res.get("name")):
+        given = [g for g in as_list(n.get("given")) if isinstance(g, str)]
+        name = " ".join([*given, as_str(n.get("family")) or ""]).strip() or as_str(n.get("text"))
+        if name:
+            break
+    return {"patient_id": res.get("id"), "sex": gender, "birth_date": birth,
+            "deceased": bool(res.get("deceasedDateTime")) or dec_bool is True, "deceased_date": dec,
+            "name": name, "source": rr.source}
+
+
+def _references(rr: RawResource, rt: str, ctx: RowContext) -> tuple[str | None, str | None]:
+    """``(patient_id, encounter_id)`` of a resource, recording dangling and cross-patient references."""
+    res = rr.resource
+    pid = patient_ref(res)
+    field = next((f for f in PATIENT_REF_FIELDS if f in res), "subject")
+    if ref_type(res.get(field)) not in (None, "Patient"):
+        pid = None  # a Device or Group that happens to share a patient's id is not that patient
+    if pid is None or pid not in ctx.patient_ids:
+        target = res[field].get("reference") if isinstance(res.get(field), dict) else None
+        ctx.add(rr, "dangling-reference", f"{rt}.{field} points at {target!r}, which is not a Patient in this cohort")
+    if rt == "Encounter":
+        return pid, None
+    enc = ref_id(res.get("encounter"))
+    if enc is not None and ref_type(res.get("encounter")) not in (None, "Encounter"):
+        ctx.add(rr, "dangling-reference", f"{rt}.encounter points at {res['encounter'].get('reference')!r}, "
+                                          "which is not an Encounter; the link is left out")
+        enc = None
+    elif enc is not None and enc not in ctx.encounter_patient:
+        ctx.add(rr, "dangling-reference", f"{rt}.encounter points at {res['encounter'].get('reference')!r}, "
+                                          "which is not an Encounter in this cohort")
+    elif enc is not None and pid is not None and ctx.encounter_patient[enc] not in (None, pid):
+        ctx.add(rr, "cross-patient-reference", f"{rt}.encounter points at Encounter/{enc}, which belongs to another "
+                                               "patient; the encounter link is left out")
+        enc = None
+    return pid, enc
+
+
+def _observation_rows(rr: RawResource, pid: str | None, enc: str | None, ctx: RowContext) -> list[dict[str, Any]]:
+    res = rr.resource
+    eff = res.get("effectiveDateTime") or period(res.get("effectivePeriod"))[0] or res.get("issued")
+    time = ctx.date(rr, eff, "Observation.effective[x]")
+    cat = coding((as_list(res.get("category")) or [None])[0])[1]
+    base = {"patient_id": pid, "observation_id": res.get("id"), "time": time, "category": cat,
+            "status": as_str(res.get("status")), "encounter_id": enc, "value": None, "value_string": None,
+            "comparator": None, "unit": None}
+    comps = dicts(res.get("component"))
+    parts = [(c, f"Observation.component[{i}]") for i, c in enumerate(comps)] \
+        if comps and "valueQuantity" not in res else [(res, "Observation")]
+    rows = []
+    for part, where in parts:
+        row = dict(base)
+        row["code_system"], row["code"], row["display"] = coding(part.get("code"))
+        why = value_type_error(part, where)
+        if why:
+            ctx.add(rr, "wrong-type", f"{why}; the value is left empty")
+        else:
+            _quantity(part, row)
+        rows.append(row)
+    return rows
+
+
+def _rows_of(rr: RawResource, rt: str, ctx: RowContext) -> tuple[str, list[dict[str, Any]]]:
+    """The table a resource goes to and its rows (problems go to ``ctx``)."""
+    res = rr.resource
+    rid = res.get("id")
+    if rt == "Patient":
+        return "patients", [_patient_row(rr, ctx)]
+    pid, enc = _references(rr, rt, ctx)
+    if rt == "Condition":
+        sys_, code, disp = coding(res.get("code"))
+        onset = ctx.date(rr, res.get("onsetDateTime") or period(res.get("onsetPeriod"))[0], "Condition.onset[x]")
+        return "conditions", [{
+            "patient_id": pid, "condition_id": rid, "code_system": sys_, "code": code, "display": disp,
+            "onset": onset, "abatement": ctx.date(rr, res.get("abatementDateTime"), "Condition.abatementDateTime"),
+            "clinical_status": coding(res.get("clinicalStatus"))[1], "encounter_id": enc}]
+    if rt == "Observation":
+        return "observations", _observation_rows(rr, pid, enc, ctx)
+    if rt == "MedicationRequest":
+        sys_, code, disp = coding(res.get("medicationCodeableConcept"))
+        return "medications", [{
+            "patient_id": pid, "medication_id": rid, "code_system": sys_, "code": code, "display": disp,
+            "status": as_str(res.get("status")), "intent": as_str(res.get("intent")),
+            "authored_on": ctx.date(rr, res.get("authoredOn"), "MedicationRequest.authoredOn"), "encounter_id": enc}]
+    if rt == "Encounter":
+        start, end = period(res.get("period"))
+        start, end = ctx.date(rr, start, "Encounter.period.start"), ctx.date(rr, end, "Encounter.period.end")
+        if start and end and _instant(end) < _instant(start):
+            ctx.add(rr, "end-before-start", "Encounter.period.end is before its start; end left empty")
+            end = None
+        cls = res.get("class")
+        return "encounters", [{
+            "patient_id": pid, "encounter_id": rid, "class": as_str(cls.get("code")) if isinstance(cls, dict) else None,
+            "type": first_display(res.get("type")), "status": as_str(res.get("status")), "start": start, "end": end,
+            "reason": first_display(res.get("reasonCode"))}]
+    return "imaging", imaging_rows(res, rr, pid, ctx, enc)
+
+
+def _instant(value: str) -> pd.Timestamp:
+    """A parsed FHIR date as a UTC timestamp (a date without zone is read as UTC), for ordering two dates."""
+    return pd.to_datetime(value, format="ISO8601", utc=True)
+
+
+_TABLED = ("Patient", "Condition", "Observation", "MedicationRequest", "Encounter", "ImagingStudy")
 
 
 def build_tables(resources: Iterable[RawResource], reference_date: str | date | None = None,
-                 ) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
-    """Build the cohort tables. Returns ``(tables, dangling_reference_problems)``.
+                 access: PixelAccess | None = None) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
+    """Build the cohort tables. Returns ``(tables, problems)``.
 
     ``age_years`` is the age at ``reference_date`` (default: today), or at death if earlier.
     References are matched by id, whether written ``Patient/x``, ``urn:uuid:x`` or as a URL.
+    ``problems`` holds dangling and cross-patient references, duplicate ids, impossible or
+    unparseable values (see :mod:`cds.sources.plausibility`) and refused pixel locations; pixel
+    locations are resolved with ``access`` (default: nothing allowed, see :mod:`cds.sources.pixel_access`).
     """
+    problems: list[Problem] = []
+    resources, dup_problems = deduplicate(list(resources))
+    problems.extend(dup_problems)
+    ref = pd.Timestamp(reference_date or date.today(), tz="UTC")
+    ctx = RowContext(resources, access or PixelAccess(), ref.date(), problems)
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in TABLE_COLUMNS}
-    resources = list(resources)
-    endpoints = {r.resource.get("id"): r.resource.get("address") for r in resources
-                 if r.resource.get("resourceType") == "Endpoint" and r.resource.get("address")}
-    patient_ids = {r.resource.get("id") for r in resources if r.resource.get("resourceType") == "Patient"}
-    encounter_ids = {r.resource.get("id") for r in resources if r.resource.get("resourceType") == "Encounter"}
-    dangling: list[Problem] = []
 
     for rr in resources:
-        res = rr.resource
-        rt = res.get("resourceType")
-        if rt not in ("Patient", "Condition", "Observation", "MedicationRequest", "Encounter", "ImagingStudy"):
+        rt = rr.resource.get("resourceType")
+        if rt not in _TABLED:
             continue
-        rid = res.get("id")
-        if rt == "Patient":
-            dec = res.get("deceasedDateTime")
-            name = None
-            for n in res.get("name") or []:
-                name = " ".join([*(n.get("given") or []), n.get("family") or ""]).strip() or n.get("text")
-                if name:
-                    break
-            rows["patients"].append({
-                "patient_id": rid, "sex": res.get("gender"), "birth_date": res.get("birthDate"),
-                "deceased": bool(dec) or bool(res.get("deceasedBoolean")), "deceased_date": dec,
-                "name": name, "source": rr.source,
-            })
+        rid = rr.resource.get("id")
+        if rid is not None and not isinstance(rid, str):
+            ctx.add(rr, "malformed", f"{rt}.id is not a string; the resource is left out")
             continue
-        pid = _patient_ref(res)
-        if pid is None or pid not in patient_ids:
-            field = next((f for f in _PATIENT_REF_FIELDS if f in res), "subject")
-            target = (res.get(field) or {}).get("reference") if isinstance(res.get(field), dict) else None
-            dangling.append(Problem(rr.source, rr.index, rt, rid, "dangling-reference",
-                                    f"{rt}.{field} points at {target!r}, which is not a Patient in this cohort"))
-        enc = ref_id(res.get("encounter")) if rt != "Encounter" else None
-        if enc is not None and enc not in encounter_ids:
-            dangling.append(Problem(rr.source, rr.index, rt, rid, "dangling-reference",
-                                    f"{rt}.encounter points at {res['encounter'].get('reference')!r}, "
-                                    "which is not an Encounter in this cohort"))
-        if rt == "Condition":
-            sys_, code, disp = _coding(res.get("code"))
-            rows["conditions"].append({
-                "patient_id": pid, "condition_id": rid, "code_system": sys_, "code": code, "display": disp,
-                "onset": res.get("onsetDateTime") or _period(res.get("onsetPeriod"))[0],
-                "abatement": res.get("abatementDateTime"),
-                "clinical_status": _coding(res.get("clinicalStatus"))[1], "encounter_id": enc,
-            })
-        elif rt == "Observation":
-            time = res.get("effectiveDateTime") or _period(res.get("effectivePeriod"))[0] or res.get("issued")
-            cat = _coding((res.get("category") or [None])[0])[1]
-            base = {"patient_id": pid, "observation_id": rid, "time": time, "category": cat,
-                    "status": res.get("status"), "encounter_id": enc, "value": None, "value_string": None,
-                    "comparator": None, "unit": None}
-            comps = res.get("component") or []
-            if comps and "valueQuantity" not in res:
-                for comp in comps:
-                    row = dict(base)
-                    row["code_system"], row["code"], row["display"] = _coding(comp.get("code"))
-                    _quantity(comp, row)
-                    rows["observations"].append(row)
-            else:
-                row = dict(base)
-                row["code_system"], row["code"], row["display"] = _coding(res.get("code"))
-                _quantity(res, row)
-                rows["observations"].append(row)
-        elif rt == "MedicationRequest":
-            sys_, code, disp = _coding(res.get("medicationCodeableConcept"))
-            rows["medications"].append({
-                "patient_id": pid, "medication_id": rid, "code_system": sys_, "code": code, "display": disp,
-                "status": res.get("status"), "intent": res.get("intent"), "authored_on": res.get("authoredOn"),
-                "encounter_id": enc,
-            })
-        elif rt == "Encounter":
-            start, end = _period(res.get("period"))
-            cls = res.get("class")
-            rows["encounters"].append({
-                "patient_id": pid, "encounter_id": rid, "class": cls.get("code") if isinstance(cls, dict) else None,
-                "type": _first_display(res.get("type")), "status": res.get("status"), "start": start, "end": end,
-                "reason": _first_display(res.get("reasonCode")),
-            })
-        elif rt == "ImagingStudy":
-            rows["imaging"].extend(_imaging_rows(res, rr, pid, endpoints))
+        mark = len(problems)
+        try:
+            table, new = _rows_of(rr, rt, ctx)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            del problems[mark:]
+            ctx.add(rr, "malformed", f"{rt} has an unexpected structure ({type(exc).__name__}); the resource is "
+                                     "left out (load with validate=True to see which field)")
+            continue
+        rows[table].extend(new)
 
     tables = {}
     for name, cols in TABLE_COLUMNS.items():
@@ -314,11 +295,10 @@ def build_tables(resources: Iterable[RawResource], reference_date: str | date | 
     obs = tables["observations"]
     obs["value"] = pd.to_numeric(obs["value"], errors="coerce")
     pat = tables["patients"]
-    ref = pd.Timestamp(reference_date or date.today(), tz="UTC")
     until = pat["deceased_date"].where(pat["deceased_date"] < ref, ref).fillna(ref)
     pat["age_years"] = age_years(pat["birth_date"], until)
     for name, sort in (("conditions", ["patient_id", "onset"]), ("observations", ["patient_id", "time", "code"]),
                        ("medications", ["patient_id", "authored_on"]), ("encounters", ["patient_id", "start"]),
                        ("imaging", ["patient_id", "started", "series_uid"]), ("patients", ["patient_id"])):
         tables[name] = tables[name].sort_values(sort, kind="stable", na_position="last").reset_index(drop=True)
-    return tables, dangling
+    return tables, problems
