@@ -133,8 +133,10 @@ def exercise_explorer(page: Any, case: dict[str, Any], store: Path, name: str) -
     header = page.locator(".cds-case-header").first
     header.wait_for(state="visible", timeout=120_000)
     assert f"Patient {case['first_pid']}" in header.inner_text()
-    # pick the patient from the worklist (a <select> of studies)
-    page.locator(".cds-worklist-select select").first.select_option(value=case["label"])
+    # pick the patient from the worklist grid with the keyboard
+    row = page.locator(f".cds-worklist-grid tr[data-uid='{case['row']['study_uid']}']").first
+    row.focus()
+    row.press("Enter")
     pid = case["row"]["patient_id"]
     page.wait_for_function("pid => [...document.querySelectorAll('.cds-case-header')].some("
                            "e => e.innerText.includes('Patient ' + pid))", arg=pid, timeout=20_000)

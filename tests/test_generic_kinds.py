@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cds.errors import ModelInputError, ParameterError
+from cds.errors import ModelInputError, OutsideIntendedUseError, ParameterError
 from cds.images.image import Image, index_to_lps
 from cds.models.bundle import BundleError, save_bundle
 from cds.models.generic import KINDS
@@ -76,6 +77,8 @@ def test_classification_2d_gives_the_softmax_of_the_declared_channel(tmp_path: P
     assert (pneu.patient_id, pneu.study_uid) == ("p1", "1.2") and pneu.location is None
     assert pneu.extra["class_probabilities"]["Pneumonia"] == pytest.approx(float(expected[1]), abs=1e-6)
     with pytest.raises(ModelInputError, match="^image: a classification-2d model needs a 2D image"):
+        reg.run_image("my-cxr", replace(_volume(), modality="CR"))  # a CR-labelled volume: past intended use
+    with pytest.raises(OutsideIntendedUseError, match="modality CT; the model is for CR"):
         reg.run_image("my-cxr", _volume())
 
 

@@ -111,17 +111,18 @@ def test_pixel_box_point_and_heatmap_land_on_the_right_pixels(tmp_path: Path) ->
 def test_an_overlay_has_the_colour_of_its_finding_interpretation() -> None:
     from cds.explorer.widgets.static import finding_card_html
     from cds.images.render import STATE_COLOURS
-    from cds.review.worklist import AI_STATES
+    from cds.review.worklist import AI_STATES, REFUSAL_STATES
 
-    assert set(STATE_COLOURS) == set(AI_STATES)  # one vocabulary: the Finding interpretations + no-ai
+    # one vocabulary: the Finding interpretations + no-ai (a refusal has no Finding, so nothing to draw)
+    assert set(STATE_COLOURS) == set(AI_STATES) - set(REFUSAL_STATES)
     img = Image(np.zeros((16, 16), np.uint8), (1.0, 1.0), (0, 0, 0), np.eye(3), "CR", {"patient_frame": False})
     for prob, state in ((0.9, "positive"), (0.55, "indeterminate"), (0.1, "negative")):
         f = _finding(probability=prob, indeterminate=(0.4, 0.6), location=Location("point", (3, 4), frame="pixel"))
         assert f.interpretation == state
         (ov,) = overlays_from_finding(f, img)
         assert ov.colour == STATE_COLOURS[state]
-        # the findings panel's badge has the same colour
-        assert "background:#{:02x}{:02x}{:02x}".format(*STATE_COLOURS[state]) in finding_card_html(f)
+        # the findings panel's badge is the state's (theme-aware) badge
+        assert f"cds-state-{state}" in finding_card_html(f)
 
 
 def test_lps_box_on_a_volume_is_on_its_slices_only_and_masks_come_from_files(tmp_path: Path) -> None:

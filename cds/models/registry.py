@@ -265,7 +265,7 @@ class ModelRegistry:
                 with _deadline(limit, f"study {r.study_uid}"):
                     if not isinstance(r.pixel_location, str) or not r.pixel_location:
                         raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                    facts = facts_for(r, cohort.patients, id_map, _age_at(cohort, r))
+                    facts = facts_for(r, getattr(cohort, "patients", None), id_map, _age_at(cohort, r))
                     check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                     ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
                     image = _read_series(r, read_image)

@@ -11,7 +11,7 @@ from typing import Any
 
 from cds.errors import CdsError, ParameterError
 
-__all__ = ["notebook_path", "run_notebook", "to_html", "NotebookFailed"]
+__all__ = ["notebook_path", "run_notebook", "to_html", "html_exporter", "OFFLINE_TEMPLATE", "NotebookFailed"]
 
 
 class NotebookFailed(CdsError):
@@ -36,14 +36,40 @@ def notebook_path(name: str) -> Path:
     return q
 
 
-def to_html(notebook: str | Path, html_path: str | Path) -> Path:
-    """Export an executed notebook to HTML with the code cells hidden (outputs only)."""
-    import nbformat
+#: The HTML export template: JupyterLab's ``lab`` template without anything it would fetch from the web.
+#: Dropped: require.js and MathJax (cdnjs), the mermaid loader (cdnjs) and the ipywidgets embed manager
+#: (unpkg/jsdelivr): a report reader's browser makes no request outside the file. MathJax is not needed (no
+#: report shows TeX) and the cds widgets carry a static HTML snapshot of themselves (``cds.explorer.widgets``).
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+_OFFLINE_NAME = "cds_offline.html.j2"
+
+
+def html_exporter() -> Any:
+    """nbconvert's HTML exporter with :data:`OFFLINE_TEMPLATE`: outputs only (no code cells, no prompts), no CDN.
+
+    >>> "cdnjs" in html_exporter().from_notebook_node(__import__("nbformat").v4.new_notebook())[0]
+    False
+    """
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    return HTMLExporter(template_name="lab", template_file=_OFFLINE_NAME,
+                        extra_loaders=[DictLoader({_OFFLINE_NAME: OFFLINE_TEMPLATE})],
+                        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+
+
+def to_html(notebook: str | Path, html_path: str | Path) -> Path:
+    """Export an executed notebook to HTML with the code cells hidden (outputs only), loading nothing from
+    the web (see :data:`OFFLINE_TEMPLATE`)."""
+    import nbformat
+
     nb = nbformat.read(str(notebook), as_version=4)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nb)
+    body, _ = html_exporter().from_notebook_node(nb)
     out = Path(html_path)
     out.write_text(body, encoding="utf-8")
     return out

@@ -2,7 +2,9 @@
 
 Widgets read a :class:`cds.sources.cohort.Cohort` and :class:`cds.finding.Finding` records only; they never
 parse FHIR or call a model. Every composite widget also renders as static HTML (for papermill
-outputs, nbconvert exports and anything else without a live widget frontend).
+outputs, nbconvert exports and anything else without a live widget frontend). Colours come from
+JupyterLab's theme variables (light and dark themes, WCAG AA contrast: :mod:`.theme`); the worklist is
+an accessible sortable grid usable with the keyboard (:mod:`.grid`).
 
 The submodules import ipywidgets; this package itself stays cheap to import.
 
@@ -22,6 +24,7 @@ _LAZY = {
     "ImageViewer": "cds.explorer.widgets.viewer",
     "ActionsPanel": "cds.explorer.widgets.actions",
     "WorklistWidget": "cds.explorer.widgets.worklist",
+    "WorklistGrid": "cds.explorer.widgets.grid",
 }
 
 __all__ = list(_LAZY)

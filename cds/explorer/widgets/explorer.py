@@ -19,7 +19,16 @@ from typing import Any
 import ipywidgets as W
 
 from cds.explorer.widgets.case_view import CaseView
-from cds.explorer.widgets.static import STYLE, StaticFallback, error_html, esc, worklist_html
+from cds.explorer.widgets.static import (
+    STYLE,
+    StaticFallback,
+    badge_html,
+    error_html,
+    esc,
+    state_label,
+    worklist_html,
+)
+from cds.explorer.widgets.theme import NON_ANSWERS
 from cds.explorer.widgets.worklist import WorklistWidget
 from cds.finding import Failure
 from cds.review.store import ReviewStore
@@ -49,8 +58,9 @@ class CaseExplorer(StaticFallback, W.VBox):
     now
         The time worklist waits are measured to (default: the cohort's reference date).
     failures
-        :class:`cds.finding.Failure` records of studies a model could not run on (a count with the
-        reasons at the top; the worklist row and the study's findings panel say so too).
+        :class:`cds.finding.Failure` records of studies a model gave no answer for: could not run, or
+        refused (record mismatch, input rejected, outside intended use); a count per kind with the reasons
+        at the top; the worklist row and the study's findings panel say so too.
     open_first
         Open the first worklist study right away (default True).
     """
@@ -76,15 +86,7 @@ class CaseExplorer(StaticFallback, W.VBox):
         problems = ""
         if self.store.problems:
             problems = "".join(error_html(f"Review log: {p}", "div") for p in self.store.problems)
-        fail = ""
-        if self.failures:
-            reasons: dict[str, int] = {}
-            for fl in self.failures:
-                key = failure_text(fl)
-                reasons[key] = reasons.get(key, 0) + 1
-            items = "".join(f"<li>{esc(k)} ({n})</li>" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
-            fail = (f'<details><summary class="cds-muted">{len(self.failures)} stud(ies) without an AI result because '
-                    f"the model could not run</summary><ul>{items}</ul></details>")
+        fail = "".join(self._failure_summary(state) for state in ("failed", *NON_ANSWERS))
         self.title = W.HTML(
             f'{STYLE}<div class="cds-box"><h3>Case explorer</h3><span class="cds-muted">reviewer '
             f"<b>{esc(reviewer)}</b> · mode: {esc(mode)} · {len(cohort.patients)} patients, "
@@ -96,6 +98,22 @@ class CaseExplorer(StaticFallback, W.VBox):
         self.add_class("cds-live")
         if open_first and len(self.worklist.table):
             self.worklist.pick(self.worklist.table.iloc[0]["study_uid"])
+
+    def _failure_summary(self, state: str) -> str:
+        """A folded list of the studies without an AI answer of one kind (``failed`` or a refusal), by reason."""
+        failures = [fl for fl in self.failures if getattr(fl, "state", "failed") == state]
+        if not failures:
+            return ""
+        reasons: dict[str, int] = {}
+        for fl in failures:
+            key = failure_text(fl)
+            reasons[key] = reasons.get(key, 0) + 1
+        items = "".join(f"<li>{esc(k)} ({n})</li>" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
+        why = ("because the model could not run" if state == "failed"
+               else f"because the AI must not answer: {state_label(state)}")
+        badge = "" if state == "failed" else badge_html(state) + " "
+        return (f'<details><summary class="cds-muted">{badge}{len(failures)} stud(ies) without an AI result {esc(why)}'
+                f"</summary><ul>{items}</ul></details>")
 
     def _open(self, patient_id: str, study_uid: str) -> None:
         t0 = time.perf_counter()

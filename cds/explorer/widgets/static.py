@@ -3,7 +3,8 @@
 Pure functions (pandas/numpy in, an HTML string out, no ipywidgets), used twice: inside the live
 widgets (``ipywidgets.HTML``) and as the static fallback that papermill outputs, nbconvert exports and
 ``_repr_html_`` show where no widget frontend runs. Charts are hand-written inline SVG: no JavaScript,
-no CDN, a few milliseconds per patient.
+no CDN, a few milliseconds per patient. Colours are classes of :data:`STYLE`, whose values are
+JupyterLab theme variables (:mod:`cds.explorer.widgets.theme`), so light and dark themes both read.
 
 >>> import pandas as pd
 >>> obs = pd.DataFrame({"code": ["1988-5", "1988-5"], "display": ["CRP", "CRP"], "value": [6.0, 42.5],
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cds.explorer.widgets.theme import NON_ANSWERS, STATE_ICONS, theme_css
 from cds.finding import Failure
-from cds.images.render import STATE_COLOURS
 from cds.review.worklist import STATE_LABELS, failure_text
 
 __all__ = [
@@ -43,24 +44,20 @@ __all__ = [
     "STATE_LABELS",
     "StaticFallback",
     "snapshot_html",
+    "badge_html",
+    "state_label",
+    "WORKLIST_COLUMNS",
+    "worklist_columns",
+    "worklist_cells",
 ]
 
-#: Badge / timeline colour of each AI state: the overlay colours of :data:`cds.images.render.STATE_COLOURS`.
-_HEX = {s: "#{:02x}{:02x}{:02x}".format(*rgb) for s, rgb in STATE_COLOURS.items()}
 TREND_CATEGORIES = ("laboratory", "vital-signs")
+#: On-screen names of the non-answer states, used until :data:`cds.review.worklist.STATE_LABELS` has them.
+_LABELS_FALLBACK = {"record-mismatch": "image does not match record", "input-rejected": "input rejected (quality)",
+                    "outside-intended-use": "outside intended use"}
 
-STYLE = """<style>
-.cds-static, .cds-box {font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; font-size: 13px; color: #222}
-.cds-static h3, .cds-box h3 {margin: 4px 0 6px 0; font-size: 16px}
-.cds-static table, .cds-box table {border-collapse: collapse; font-size: 12px}
-.cds-static td, .cds-static th, .cds-box td, .cds-box th {border-bottom: 1px solid #ddd; padding: 2px 6px;
-  text-align: left !important; vertical-align: top}
-.cds-badge {display: inline-block; padding: 1px 7px; border-radius: 9px; color: #fff; font-size: 12px; font-weight: 600}
-.cds-finding {border: 1px solid #ccc; border-radius: 6px; padding: 6px 8px; margin: 4px 0; background: #fafafa}
-.cds-trends {display: flex; flex-wrap: wrap; gap: 6px}
-.cds-muted {color: #666; font-size: 12px}
-.cds-worklist select {font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 12px}
-</style>"""
+#: The explorer's stylesheet: JupyterLab theme variables with light fallbacks (see :mod:`.theme`).
+STYLE = f"<style>\n{theme_css()}\n</style>"
 #: Hides static snapshots on any page where a live cds widget has rendered (CSS :has, no JavaScript).
 SNAPSHOT_STYLE = "<style>body:has(.cds-live) .cds-snapshot {display: none}</style>"
 
@@ -85,14 +82,33 @@ def error_html(text: Any, tag: str = "span", css_class: str = "cds-error") -> st
     """``text`` (escaped) in the one colour every explorer message about a problem uses.
 
     >>> error_html("Not saved: <x>")
-    '<span class="cds-error" style="color:#b00020">Not saved: &lt;x&gt;</span>'
+    '<span class="cds-error" role="alert">Not saved: &lt;x&gt;</span>'
     """
-    return f'<{tag} class="{css_class}" style="color:#b00020">{esc(text)}</{tag}>'
+    cls = css_class if "cds-error" in css_class.split() else f"cds-error {css_class}"
+    return f'<{tag} class="{cls}" role="alert">{esc(text)}</{tag}>'
 
 
-def _badge(state: str) -> str:
-    return (f'<span class="cds-badge" style="background:{_HEX.get(state, _HEX["no-ai"])}">'
-            f"{esc(STATE_LABELS.get(state, state))}</span>")
+def state_label(state: str) -> str:
+    """The on-screen name of an AI state.
+
+    >>> state_label("positive"), state_label("outside-intended-use")
+    ('AI positive', 'outside intended use')
+    """
+    return STATE_LABELS.get(state) or _LABELS_FALLBACK.get(state, state)
+
+
+def badge_html(state: str) -> str:
+    """A status badge: icon and label on a tint of the state's theme colour (never colour alone).
+
+    >>> badge_html("record-mismatch")
+    '<span class="cds-badge cds-state-record-mismatch cds-badge-nonanswer"><span class="cds-icon" aria-hidden="true">≠</span>image does not match record</span>'
+    """
+    extra = " cds-badge-nonanswer" if state in NON_ANSWERS else ""
+    return (f'<span class="cds-badge cds-state-{esc(state)}{extra}"><span class="cds-icon" aria-hidden="true">'
+            f"{STATE_ICONS.get(state, '·')}</span>{esc(state_label(state))}</span>")
+
+
+_badge = badge_html
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -229,34 +245,34 @@ def trends_html(observations: pd.DataFrame, imaging_times: Sequence[Any], max_pa
             return ybot - (val - lo) / (hi - lo) * (ybot - ytop)
 
         parts = [f'<svg class="cds-trend" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-                 f'xmlns="http://www.w3.org/2000/svg" style="background:#fff;border:1px solid #ddd;border-radius:4px">']
+                 f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(r.display)} trend">']
         title = str(r.display)
         if len(title) > 38:
             title = title[:36] + "…"
-        parts.append(f'<text x="4" y="13" font-size="11" fill="#333">{esc(title)}</text>')
+        parts.append(f'<text x="4" y="13" font-size="11" fill="#333" class="cds-svg-text">{esc(title)}</text>')
         parts.append(f'<text x="{width - 4}" y="13" font-size="11" font-weight="bold" text-anchor="end" '
-                     f'fill="#111">{esc(r.comparator or "")}{_num(r.value, 4)} {esc(r.unit)}</text>')
+                     f'fill="#111" class="cds-svg-text">{esc(r.comparator or "")}{_num(r.value, 4)} {esc(r.unit)}</text>')
         for t in imaging_times:
             if t is None or pd.isna(t):
                 continue
             x = sx(t)
-            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ytop - 4}" y2="{ybot}" stroke="#7a5cc2" '
+            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ytop - 4}" y2="{ybot}" stroke="#7a5cc2" class="cds-svg-imaging" '
                          f'stroke-dasharray="3,2" stroke-width="1"><title>imaging {_date(t)}</title></line>')
-        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{ybot}" y2="{ybot}" stroke="#bbb"/>')
-        parts.append(f'<text x="{x0 - 3}" y="{ytop + 4}" font-size="9" text-anchor="end" fill="#666">{_num(hi - pad)}</text>')
-        parts.append(f'<text x="{x0 - 3}" y="{ybot}" font-size="9" text-anchor="end" fill="#666">{_num(lo + pad)}</text>')
+        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{ybot}" y2="{ybot}" stroke="#bbb" class="cds-svg-axis"/>')
+        parts.append(f'<text x="{x0 - 3}" y="{ytop + 4}" font-size="9" text-anchor="end" fill="#666" class="cds-svg-muted">{_num(hi - pad)}</text>')
+        parts.append(f'<text x="{x0 - 3}" y="{ybot}" font-size="9" text-anchor="end" fill="#666" class="cds-svg-muted">{_num(lo + pad)}</text>')
         pts = [(sx(t), sy(val)) for t, val in zip(o["time"], v, strict=True)]
         if len(pts) > 1:
-            parts.append('<polyline fill="none" stroke="#268bd2" stroke-width="1.5" points="'
+            parts.append('<polyline fill="none" stroke="#268bd2" style="stroke:var(--jp-brand-color1, #1976d2)" stroke-width="1.5" points="'
                          + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
         for (x, y), t, val in zip(pts, o["time"], v, strict=True):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.6" fill="#268bd2"><title>{_num(val, 4)} '
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.6" fill="#268bd2" class="cds-svg-score"><title>{_num(val, 4)} '
                          f'{esc(r.unit)} on {_date(t)}</title></circle>')
-        parts.append(f'<text x="{x0}" y="{height - 3}" font-size="9" fill="#666">{_date(t0)}</text>')
-        parts.append(f'<text x="{x1}" y="{height - 3}" font-size="9" text-anchor="end" fill="#666">{_date(t1)}</text>')
+        parts.append(f'<text x="{x0}" y="{height - 3}" font-size="9" fill="#666" class="cds-svg-muted">{_date(t0)}</text>')
+        parts.append(f'<text x="{x1}" y="{height - 3}" font-size="9" text-anchor="end" fill="#666" class="cds-svg-muted">{_date(t1)}</text>')
         parts.append("</svg>")
         panels.append("".join(parts))
-    legend = ('<div class="cds-muted">Dashed purple lines: imaging studies. Hover a point for its value and date.'
+    legend = ('<div class="cds-muted">Dashed blue lines: imaging studies. Hover a point for its value and date.'
               "</div>")
     return f'<div class="cds-box"><div class="cds-trends">{"".join(panels)}</div>{legend}</div>'
 
@@ -277,21 +293,20 @@ def timeline_html(studies: pd.DataFrame, selected: str | None = None, width: int
     sx = _xscale(t0, t1, x0, x1)
     parts = [f'<svg class="cds-timeline" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
              'xmlns="http://www.w3.org/2000/svg">',
-             f'<line x1="{x0}" x2="{x1}" y1="{y}" y2="{y}" stroke="#999" stroke-width="1.5"/>']
+             f'<line x1="{x0}" x2="{x1}" y1="{y}" y2="{y}" stroke="#999" stroke-width="1.5" class="cds-svg-axis"/>']
     for r in studies.itertuples():
         if pd.isna(r.started):
             continue
         x = sx(r.started)
         state = "no-ai" if blind else getattr(r, "ai_state", "no-ai")
-        colour = _HEX.get(state, _HEX["no-ai"])
-        ring = (f'<circle cx="{x:.1f}" cy="{y}" r="10" fill="none" stroke="#111" stroke-width="2"/>'
+        ring = (f'<circle cx="{x:.1f}" cy="{y}" r="10" fill="none" stroke="#111" stroke-width="2" class="cds-svg-ring"/>'
                 if r.study_uid == selected else "")
-        tip = f"{_date(r.started)} {r.modality}" + ("" if blind else f" · {STATE_LABELS.get(state, state)}")
-        parts.append(f'{ring}<circle cx="{x:.1f}" cy="{y}" r="6" fill="{colour}"><title>{esc(tip)}</title></circle>'
-                     f'<text x="{x:.1f}" y="{y - 12}" font-size="9" text-anchor="middle" fill="#444">'
+        tip = f"{_date(r.started)} {r.modality}" + ("" if blind else f" · {state_label(state)}")
+        parts.append(f'{ring}<circle cx="{x:.1f}" cy="{y}" r="6" fill="#757575" class="cds-dot cds-state-{esc(state)}"><title>{esc(tip)}</title></circle>'
+                     f'<text x="{x:.1f}" y="{y - 12}" font-size="9" text-anchor="middle" fill="#444" class="cds-svg-text">'
                      f"{esc(r.modality)}</text>")
-    parts.append(f'<text x="{x0}" y="{height - 6}" font-size="10" fill="#666">{_date(t0)}</text>')
-    parts.append(f'<text x="{x1}" y="{height - 6}" font-size="10" text-anchor="end" fill="#666">{_date(t1)}</text>')
+    parts.append(f'<text x="{x0}" y="{height - 6}" font-size="10" fill="#666" class="cds-svg-muted">{_date(t0)}</text>')
+    parts.append(f'<text x="{x1}" y="{height - 6}" font-size="10" text-anchor="end" fill="#666" class="cds-svg-muted">{_date(t1)}</text>')
     parts.append("</svg>")
     return f'<div class="cds-box"><b>Imaging timeline</b><br>{"".join(parts)}</div>'
 
@@ -317,14 +332,14 @@ def _score_bar(score: float, threshold: float | None, band: Sequence[float] | No
         return 4 + (v - lo_v) / (hi_v - lo_v) * (width - 8)
 
     parts = [f'<svg class="cds-scorebar" width="{width}" height="26" xmlns="http://www.w3.org/2000/svg">',
-             f'<rect x="4" y="8" width="{width - 8}" height="8" fill="#e8e8e8" rx="3"/>']
+             f'<rect x="4" y="8" width="{width - 8}" height="8" fill="#e8e8e8" rx="3" class="cds-svg-track"/>']
     if band:
         parts.append(f'<rect x="{x(band[0]):.1f}" y="6" width="{max(x(band[1]) - x(band[0]), 1):.1f}" height="12" '
-                     f'fill="{_HEX["indeterminate"]}" opacity="0.45"><title>indeterminate band {band[0]:.3g}–{band[1]:.3g}</title></rect>')
+                     f'class="cds-dot cds-state-indeterminate" fill="#f57c00" opacity="0.45"><title>indeterminate band {band[0]:.3g}–{band[1]:.3g}</title></rect>')
     if threshold is not None:
-        parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="3" y2="21" stroke="#111" '
+        parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="3" y2="21" stroke="#111" class="cds-svg-ring" '
                      f'stroke-width="2"><title>threshold {threshold:.3g}</title></line>')
-    parts.append(f'<circle cx="{x(score):.1f}" cy="12" r="5" fill="#268bd2" stroke="#fff"><title>score '
+    parts.append(f'<circle cx="{x(score):.1f}" cy="12" r="5" fill="#268bd2" class="cds-svg-score" stroke="#fff"><title>score '
                  f"{score:.3g}</title></circle></svg>")
     return "".join(parts)
 
@@ -352,7 +367,7 @@ def finding_card_html(finding: Any, card: dict[str, Any] | None = None, review: 
     model_name = shown.get("name") or f.model_id
     card_body = shown.get("html") or ""
     card_link = (f'<details class="cds-model-card"><summary>model card</summary><div style="max-height:320px;'
-                 f'overflow:auto;border:1px solid #ddd;padding:4px;background:#fff">{card_body}'
+                 f'overflow:auto;border:1px solid var(--jp-border-color2, #e0e0e0);padding:4px;background:var(--jp-layout-color1, #fff)">{card_body}'
                  f'<div class="cds-muted">{esc(shown.get("path", ""))}</div></div></details>' if card_body
                  else '<span class="cds-muted">(no model card found)</span>')
     ehr = {k: v for k, v in (f.ehr_inputs or {}).items() if ":" not in k and "." not in k}
@@ -382,7 +397,8 @@ def findings_html(findings: Sequence[Any], cards: dict[str, dict[str, Any]] | No
                   failures: Sequence[Failure] = ()) -> str:
     """The AI findings panel of one study (or why it is hidden, e.g. before a reader-study read).
 
-    ``failures`` are the study's :class:`cds.finding.Failure` records: why a model gave no Finding.
+    ``failures`` are the study's :class:`cds.finding.Failure` records: why a model gave no Finding (could
+    not run, or refused: a badge of the refusal and its reason).
 
     >>> from cds.finding import Failure
     >>> "pneumonia: a.dcm: truncated" in findings_html([], failures=[Failure("p", "1", "pneumonia", "E", "a.dcm: truncated")])
@@ -390,7 +406,10 @@ def findings_html(findings: Sequence[Any], cards: dict[str, dict[str, Any]] | No
     """
     if hidden_reason:
         return f'<div class="cds-box cds-ai-hidden"><b>AI results hidden</b><br>{esc(hidden_reason)}</div>'
-    failed = "".join(error_html(f"Model could not run: {failure_text(fl)}", "div", "cds-failure") for fl in failures)
+    failed = "".join(
+        error_html(f"Model could not run: {failure_text(fl)}", "div", "cds-failure")
+        if getattr(fl, "state", "failed") not in NON_ANSWERS else
+        f'<div class="cds-refusal">{badge_html(fl.state)} {esc(failure_text(fl))}</div>' for fl in failures)
     if not findings:
         return (f'<div class="cds-box"><b>AI findings</b><br><span class="cds-muted">No AI result for this study.'
                 f"</span>{failed}</div>")
@@ -400,23 +419,55 @@ def findings_html(findings: Sequence[Any], cards: dict[str, dict[str, Any]] | No
 
 
 # -------------------------------------------------------------------------------------- worklist
+#: The worklist's columns ``(key, header)``, in the grid and in the static table alike.
+WORKLIST_COLUMNS = (("patient", "patient"), ("started", "study date"), ("modality", "modality"),
+                    ("waited", "waited"), ("ai", "AI"), ("finding", "finding"), ("score", "score"),
+                    ("review", "review"))
+_AI_COLUMNS = ("ai", "finding", "score")
+
+
+def worklist_columns(blind: bool = False) -> list[tuple[str, str]]:
+    """The columns shown: all of :data:`WORKLIST_COLUMNS`, or those without AI in reader-study mode.
+
+    >>> [k for k, _ in worklist_columns(blind=True)]
+    ['patient', 'started', 'modality', 'waited', 'review']
+    """
+    return [(k, h) for k, h in WORKLIST_COLUMNS if not (blind and k in _AI_COLUMNS)]
+
+
+def worklist_cells(r: Any, blind: bool = False) -> list[str]:
+    """The HTML of one worklist row's cells (a ``itertuples`` row), in :func:`worklist_columns` order.
+
+    A study without an AI answer says why: the model could not run (``no-ai`` with a failure), or the
+    reason it was refused (``record-mismatch``, ``input-rejected``, ``outside-intended-use``).
+    """
+    cells = [esc(r.patient_id), _date(r.started), esc(r.modality), esc(r.waited_text)]
+    if not blind:
+        state = r.ai_state
+        failure = getattr(r, "failure", "") or ""
+        if state in NON_ANSWERS:
+            what = f'<span class="cds-reason">{esc(failure)}</span>'
+        elif state == "no-ai" and failure:
+            what = f'<span class="cds-failure">could not run: {esc(failure)}</span>'
+        else:
+            what = esc(r.finding)
+        score = "" if pd.isna(r.score) else f'<span class="cds-num">{float(r.score):.3f}</span>'
+        cells += [badge_html(state), what, score]
+    cells.append(esc(r.review_status))
+    return cells
+
+
 def worklist_html(worklist: pd.DataFrame, n: int = 25, blind: bool = False) -> str:
-    """The first ``n`` worklist rows as an HTML table (the static fallback of the worklist widget)."""
+    """The first ``n`` worklist rows as an HTML table (the static fallback of the worklist grid)."""
     if worklist is None or not len(worklist):
         return '<div class="cds-box"><b>Worklist</b><br><span class="cds-muted">No studies.</span></div>'
-    head = ["patient", "study date", "modality", "waited"] + ([] if blind else ["AI", "finding", "score"]) + ["review"]
-    rows = []
-    for r in worklist.head(n).itertuples():
-        cells = [esc(r.patient_id), _date(r.started), esc(r.modality), esc(r.waited_text)]
-        if not blind:
-            what = esc(r.finding) if r.ai_state != "no-ai" or not r.failure else (
-                f'<span class="cds-failure">could not run: {esc(r.failure)}</span>')
-            cells += [_badge(r.ai_state), what, "" if pd.isna(r.score) else f"{float(r.score):.3f}"]
-        cells.append(esc(r.review_status))
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for _, h in worklist_columns(blind))
+    rows = ["<tr>" + "".join(f"<td>{c}</td>" for c in worklist_cells(r, blind)) + "</tr>"
+            for r in worklist.head(n).itertuples()]
     more = f'<div class="cds-muted">{len(worklist) - n} more studies</div>' if len(worklist) > n else ""
     return (f'<div class="cds-box cds-worklist-static"><b>Worklist</b> ({len(worklist)} studies)'
-            f'<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{"".join(rows)}</table>{more}</div>')
+            f'<table class="cds-grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f"{more}</div>")
 
 
 # ------------------------------------------------------------------------------ static fallback

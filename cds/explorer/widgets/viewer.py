@@ -59,7 +59,7 @@ class ImageViewer(StaticFallback, W.VBox):
             return {"layout": W.Layout(width="250px"), "style": {"description_width": "52px"}}
 
         self.image = W.Image(format="png", layout=W.Layout(width=f"{out_size}px", max_width="100%",
-                                                            border="1px solid #444"))
+                                                            border="1px solid var(--jp-border-color1, #bdbdbd)"))
         self.image.add_class("cds-viewer-image")
         self.preset = W.Dropdown(description="Window", options=[], layout=W.Layout(width="200px"),
                                  style={"description_width": "52px"})
