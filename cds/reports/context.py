@@ -7,14 +7,20 @@ in the date window.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cds.privacy import identifying_strings, pseudonyms
+from cds.privacy import (
+    Scrubber,
+    check_deidentified,
+    check_figure,
+    check_salt,
+    identifying_strings,
+    pseudonyms,
+)
 from cds.reports.parameters import resolve_date
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
@@ -47,6 +53,7 @@ class ReportContext:
     timings: dict[str, float] = field(default_factory=dict)
     identifiers: dict[str, set[str]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    _scrubber: Scrubber | None = field(default=None, repr=False)
 
     @property
     def deidentify(self) -> bool:
@@ -79,33 +86,81 @@ class ReportContext:
         return "..." + pseudonyms("", str(study_uid), self.salt or "")[1][-10:]
 
     def scrub(self, text: Any) -> str:
-        """A message safe to show: in de-identified mode identifiers and file paths become ``[removed]``."""
+        """A text safe to show: in de-identified mode file paths, e-mails, phone numbers, street addresses
+        and the cohort's identifying strings (:attr:`identifiers`) are replaced (:class:`cds.privacy.Scrubber`)."""
         s = "" if text is None else str(text)
         if not self.deidentify:
             return s
-        s = re.sub(r"(?:[A-Za-z]:\\|/)[^\s'\":,;()]+", "[path removed]", s)
-        for kind in ("uid", "patient_id", "resource_id", "identifier", "birth_date", "name"):
-            for ident in sorted(self.identifiers.get(kind, ()), key=len, reverse=True):
-                if ident and ident in s:
-                    s = _replace_ident(s, ident, kind)
-        return s
+        if self._scrubber is None:
+            self._scrubber = Scrubber(self.identifiers)
+        return self._scrubber(s)
 
     def figure(self, fig: Figure, name: str) -> Any:
         """Save ``fig`` as ``figures/<name>.png`` in the output folder; return the PNG for display (an
-        ``IPython.display.Image``, so it shows as an image with or without a matplotlib backend)."""
+        ``IPython.display.Image``, so it shows as an image with or without a matplotlib backend).
+
+        De-identified: the text the figure draws is checked before it is saved
+        (:func:`cds.privacy.check_figure`; the data behind it was scrubbed in :func:`prepare`), the PNG
+        gets no metadata (no Software chunk) and its text chunks are checked again after writing."""
         from IPython.display import Image
 
         d = self.out_dir / "figures"
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        if not self.deidentify:
+            fig.savefig(path, dpi=100)
+            return Image(data=path.read_bytes(), format="png")
+        check_figure(fig, self.identifiers, name)
+        fig.savefig(path, dpi=100, metadata={"Software": None})
+        check_deidentified([path], self.identifiers, remove=True)
         return Image(data=path.read_bytes(), format="png")
 
 
-def _replace_ident(text: str, ident: str, kind: str) -> str:
-    if kind == "name":
-        return re.sub(rf"(?<![A-Za-z]){re.escape(ident)}(?![A-Za-z])", "[removed]", text)
-    return text.replace(ident, "[removed]")
+#: Free-text columns of the cohort tables (text from the source) scrubbed for a de-identified report.
+FREE_TEXT_COLUMNS = {"conditions": ("display",), "observations": ("display", "value_string", "unit"),
+                     "medications": ("display",), "encounters": ("type", "reason"),
+                     "imaging": ("description", "body_site", "view")}
+
+
+def deidentified_cohort(cohort: Any, scrub: Scrubber) -> Any:
+    """A copy of the cohort for a de-identified report: patient names dropped and the free-text columns
+    (:data:`FREE_TEXT_COLUMNS`) scrubbed, so every table and figure is drawn from scrubbed data. Ids,
+    UIDs and file paths stay (the models need them; outputs pseudonymise them).
+
+    >>> import pandas as pd
+    >>> from types import SimpleNamespace
+    >>> c = SimpleNamespace(patients=pd.DataFrame({"patient_id": ["p1"], "name": ["Louis Erdman"]}),
+    ...                     conditions=pd.DataFrame({"display": ["Fall, call Louis at 555-250-5611"]}))
+    >>> d = deidentified_cohort(c, Scrubber({"name": {"Louis"}}))
+    >>> d.patients["name"].tolist(), d.conditions["display"].tolist(), c.patients["name"].tolist()
+    ([None], ['Fall, call [name removed] at [phone removed]'], ['Louis Erdman'])
+    """
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    pat = cohort.patients.copy()
+    if "name" in pat:
+        pat["name"] = None
+    changes["patients"] = pat
+    for table, cols in FREE_TEXT_COLUMNS.items():
+        df = getattr(cohort, table, None)
+        if df is None:
+            continue
+        df = df.copy()
+        for c in cols:
+            if c in df:
+                df[c] = df[c].map(lambda v: scrub(v) if isinstance(v, str) else v)
+        changes[table] = df
+    if dataclasses.is_dataclass(cohort):
+        if "_groups" in {f.name for f in dataclasses.fields(cohort)}:
+            changes["_groups"] = None
+        return replace(cohort, **changes)
+    import copy
+
+    out = copy.copy(cohort)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
 
 
 def _window(imaging: pd.DataFrame, start: str | None, end: str | None) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -132,7 +187,13 @@ def prepare(params: Mapping[str, Any]) -> ReportContext:
     from cds.sources.cohort import load_cohort
 
     t0 = time.perf_counter()
+    if params["deidentify"]:
+        check_salt(params.get("salt"))  # before any work; the message never holds the salt
     cohort = load_cohort(params["cohort"], validate=params["validate"], reference_date=params["reference_date"])
+    identifiers: dict[str, set[str]] = {}
+    if params["deidentify"]:
+        identifiers = {**identifying_strings(params["cohort"], cohort), "salt": {str(params["salt"])}}
+        cohort = deidentified_cohort(cohort, Scrubber(identifiers, paths=False))  # units like mg/dL stay
     start = resolve_date(params["start_date"], params["reference_date"])
     end = resolve_date(params["end_date"], params["reference_date"])
     studies, counts = _window(cohort.imaging, start, end)
@@ -144,9 +205,8 @@ def prepare(params: Mapping[str, Any]) -> ReportContext:
              "window_start": start, "window_end": end,
              "invalid_resources": len(cohort.invalid_resources), "dangling_references": len(cohort.dangling_references)}
     ctx = ReportContext(params=dict(params), cohort=cohort, registry=ModelRegistry(), out_dir=out, studies=studies,
-                        scope=scope, recorded=f"{params['reference_date']}T00:00:00Z", start=start, end=end)
-    if ctx.deidentify:
-        ctx.identifiers = identifying_strings(params["cohort"], cohort)
+                        scope=scope, recorded=f"{params['reference_date']}T00:00:00Z", start=start, end=end,
+                        identifiers=identifiers)
     ctx.timings["load_s"] = time.perf_counter() - t0
     return ctx
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cds.privacy import check_deidentified, pseudonyms
+from cds.privacy import check_deidentified, pseudonyms, scrub_finding
 from cds.reports.anchor_tables import anchor_rows
 from cds.reports.cohort_tables import population
 from cds.reports.context import ReportContext
@@ -81,12 +81,20 @@ def cohort_metrics(ctx: ReportContext) -> dict[str, Any]:
     })
 
 
+def _scrubbed_findings(ctx: ReportContext) -> list[Any]:
+    """The Findings with their free text (explanation, body site, extra) scrubbed when de-identified; ids
+    still real (results_bundle pseudonymises them itself)."""
+    if not ctx.deidentify:
+        return list(ctx.findings)
+    return [scrub_finding(f, ctx.scrub) for f in ctx.findings]
+
+
 def _output_findings(ctx: ReportContext) -> list[Any]:
     if not ctx.deidentify:
         return list(ctx.findings)
     from cds.privacy import pseudonymise_finding
 
-    return [pseudonymise_finding(f, ctx.salt or "") for f in ctx.findings]
+    return [pseudonymise_finding(f, ctx.salt or "") for f in _scrubbed_findings(ctx)]
 
 
 def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
@@ -96,6 +104,7 @@ def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
     for x in (f.to_dict() for f in ctx.failures):
         pid, suid = pseudonyms(str(x["patient_id"]), str(x["study_uid"] or ""), ctx.salt or "")
         out.append({**x, "patient_id": pid, "study_uid": suid, "series_uid": None,
+                    "imaging_study_id": None, "study_started": None,  # record ids and dates: dropped
                     "message": ctx.scrub(x.get("message"))})
     return out
 
@@ -103,15 +112,16 @@ def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
 def write_outputs(ctx: ReportContext) -> dict[str, Path]:
     """Write ``results.json`` and ``results.fhir.json`` (R4 transaction Bundle) into the output folder.
 
-    In de-identified mode both are pseudonymised and then searched for every identifying string of
-    the cohort (:func:`check_deidentified`); a hit removes them and raises :class:`IdentifierLeak`.
+    In de-identified mode both are pseudonymised (free text scrubbed: failure messages, the Findings'
+    explanation, body site and extra values) and then searched for every identifying string of the
+    cohort and the salt (:func:`check_deidentified`); a hit removes them and raises :class:`IdentifierLeak`.
     """
     from cds.fhir.writer import results_bundle
     from cds.reports.results_json import results_json
 
     res = results_json(_output_findings(ctx), _output_failures(ctx), cohort_metrics(ctx))
     cards = {mid: card_for(ctx, mid) for mid in ctx.models}
-    bundle = results_bundle(ctx.findings, cards, recorded=ctx.recorded, deidentify=ctx.deidentify,
+    bundle = results_bundle(_scrubbed_findings(ctx), cards, recorded=ctx.recorded, deidentify=ctx.deidentify,
                             salt=ctx.salt if ctx.deidentify else None)
     paths = {"results_json": ctx.out_dir / "results.json", "results_fhir": ctx.out_dir / "results.fhir.json"}
     paths["results_json"].write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -123,5 +133,6 @@ def write_outputs(ctx: ReportContext) -> dict[str, Path]:
           f"studies")
     print(f"results.fhir.json: transaction Bundle with {n_entries} entries (recorded {ctx.recorded})")
     if ctx.deidentify:
-        print("de-identified: pseudonymous ids (salted HMAC); no names, identifiers or birth dates found")
+        print("de-identified: pseudonymous ids (salted HMAC); no names, identifiers, birth dates, addresses, "
+              "phone numbers or e-mails found")
     return paths
