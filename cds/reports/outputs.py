@@ -99,7 +99,7 @@ def _output_findings(ctx: ReportContext) -> list[Any]:
 
 def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
     if not ctx.deidentify:
-        return [x.to_dict() for x in ctx.failures]
+        return [x.record_dict() for x in ctx.failures]
     out = []
     for x in (f.to_dict() for f in ctx.failures):
         pid, suid = pseudonyms(str(x["patient_id"]), str(x["study_uid"] or ""), ctx.salt or "")
@@ -122,7 +122,8 @@ def write_outputs(ctx: ReportContext) -> dict[str, Path]:
     res = results_json(_output_findings(ctx), _output_failures(ctx), cohort_metrics(ctx))
     cards = {mid: card_for(ctx, mid) for mid in ctx.models}
     bundle = results_bundle(_scrubbed_findings(ctx), cards, recorded=ctx.recorded, deidentify=ctx.deidentify,
-                            salt=ctx.salt if ctx.deidentify else None)
+                            salt=ctx.salt if ctx.deidentify else None,
+                            failures=[f for f in ctx.failures if f.model_id in cards])
     paths = {"results_json": ctx.out_dir / "results.json", "results_fhir": ctx.out_dir / "results.fhir.json"}
     paths["results_json"].write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["results_fhir"].write_text(json.dumps(bundle, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
