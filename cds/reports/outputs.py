@@ -101,10 +101,9 @@ def _output_failures(ctx: ReportContext) -> list[dict[str, Any]]:
     if not ctx.deidentify:
         return [x.record_dict() for x in ctx.failures]
     out = []
-    for x in (f.to_dict() for f in ctx.failures):
+    for x in (f.record_dict() for f in ctx.failures):  # record ids and dates: not in the record form
         pid, suid = pseudonyms(str(x["patient_id"]), str(x["study_uid"] or ""), ctx.salt or "")
         out.append({**x, "patient_id": pid, "study_uid": suid, "series_uid": None,
-                    "imaging_study_id": None, "study_started": None,  # record ids and dates: dropped
                     "message": ctx.scrub(x.get("message"))})
     return out
 
