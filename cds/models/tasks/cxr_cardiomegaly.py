@@ -61,6 +61,8 @@ from cds.models.tasks.inputs import (
 from cds.models.training import band_around
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cds.finding import Finding
     from cds.images.image import Image
     from cds.models.bundle import Bundle
@@ -478,6 +480,15 @@ class CardiomegalyTask(TrainableTask):
                  **options: Any) -> dict[str, Any]:
         """:func:`evaluate` (options: split)."""
         return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+    def training_images(self, data_dir: str | Path | None) -> Iterator[tuple[str, np.ndarray]]:
+        """``(image name, grey array)`` of the ``train`` patients (:func:`split_patients`), read as training
+        reads them (:func:`cds.models.tasks.inputs.read_gray`); never the val (operating point) or test
+        (card performance) patients."""
+        df = load_labels(data_dir)
+        train = df[(split_patients(df) == "train").to_numpy()]
+        for name, path in zip(train["image"], train["path"], strict=True):
+            yield str(name), read_gray(path)
 
 
 TASK = CardiomegalyTask()

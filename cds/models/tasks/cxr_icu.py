@@ -65,6 +65,8 @@ from cds.models.tasks.inputs import (
 from cds.models.training import band_around
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cds.finding import Finding
     from cds.images.image import Image
     from cds.models.bundle import Bundle
@@ -649,6 +651,15 @@ class IcuAdmissionTask(TrainableTask):
                  **options: Any) -> dict[str, Any]:
         """:func:`evaluate` (options: split, seed)."""
         return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+    def training_images(self, data_dir: str | Path | None) -> Iterator[tuple[str, np.ndarray]]:
+        """``(image id, grey array)`` of the first radiograph of every eligible patient (:func:`load_cohort`,
+        the images the shipped model was fitted on), read as training reads them; never the excluded
+        patients or the later radiographs."""
+        cohort, _ = load_cohort(data_dir)
+        eligible = cohort[cohort["excluded"] == ""]
+        for image_id, path in zip(eligible["image_id"], eligible["path"], strict=True):
+            yield str(image_id), read_gray(path)
 
 
 TASK = IcuAdmissionTask()

@@ -40,6 +40,8 @@ from cds.models.tasks import mammo
 from cds.models.tasks.inputs import default_data_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cds.finding import Finding
     from cds.images.image import Image
     from cds.models.bundle import Bundle
@@ -682,6 +684,13 @@ class MammoAbnormalityTask(TrainableTask):
                  **options: Any) -> dict[str, Any]:
         """:func:`evaluate` (options: none)."""
         return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+    def training_images(self, data_dir: str | Path | None) -> Iterator[tuple[str, np.ndarray]]:
+        """``(REFNUM, array)`` of every image in ``labels.csv`` (the training set: the shipped scorer is
+        fitted on all of them), read by :func:`cds.models.tasks.mammo.read_mammogram`."""
+        root = Path(data_dir) if data_dir is not None else default_data_dir(DATA_SET)
+        for ref in mammo.load_labels(root, required=("REFNUM", "CLASS")).drop_duplicates("REFNUM")["REFNUM"]:
+            yield str(ref), mammo.read_mammogram(mammo.image_path(root, ref))
 
 
 TASK = MammoAbnormalityTask()

@@ -40,6 +40,8 @@ from cds.models.tasks.inputs import DataLayoutError, default_data_dir, prepare_i
 from cds.models.training import band_around, youden_threshold
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cds.finding import Finding
     from cds.images.image import Image
     from cds.models.bundle import Bundle
@@ -323,6 +325,13 @@ class PneumoniaTask(TrainableTask):
                  **options: Any) -> dict[str, Any]:
         """:func:`evaluate` (options: split)."""
         return evaluate(data_dir, bundle_dir, n_boot=n_boot, **self.check_options(options))
+
+    def training_images(self, data_dir: str | Path | None) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, 28x28 array)`` of the training split as :func:`load_split` reads it: the ``train_``
+        arrays (the network's fitting part and its operating-point part); never ``val_`` or ``test_``."""
+        images, _, _, _ = load_split(data_dir, "train")
+        for i, a in enumerate(images):
+            yield f"train_{i}", a
 
 
 TASK = PneumoniaTask()
