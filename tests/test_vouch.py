@@ -298,3 +298,25 @@ def test_a_study_past_the_time_limit_is_recorded_and_the_run_carries_on(registry
     assert len(result.failures) == 1 and result.failures[0].error == "StudyTimeLimitError"
     assert "time limit" in result.failures[0].message
     assert len(result.findings) == len(cohort.imaging.dropna(subset=["pixel_location"])) - 1
+
+
+def test_retraining_keeps_the_cards_intended_use(tmp_path: Path) -> None:
+    from cds.models.bundle import save_bundle
+
+    net = {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2}
+    first = {"version": "1", "cds": {"model_id": "m", "intended_use": "demo",
+                                     "intended_for": {"age_years": [18, None]}, "threshold": 0.5}}
+    save_bundle(tmp_path / "m", first, net, None)
+    save_bundle(tmp_path / "m", {"version": "2", "cds": {"model_id": "m", "intended_use": "demo", "threshold": 0.4}},
+                net, None)
+    card = json.loads((tmp_path / "m" / "configs" / "metadata.json").read_text())["cds"]
+    assert card["intended_for"] == {"age_years": [18, None]} and card["threshold"] == 0.4
+    assert list(card) == ["model_id", "intended_use", "intended_for", "threshold"]
+
+
+def test_no_model_card_names_a_patient_of_the_sample_cohort() -> None:
+    ids = {p.stem for p in (SAMPLES / "hannover").glob("*.json")} | {p.stem for p in (SAMPLES / "synthea").glob("*.json")}
+    bundles = Path(cds.__file__).parent / "models" / "bundles"
+    for card in bundles.glob("*/configs/metadata.json"):
+        text = card.read_text()
+        assert not [i for i in ids if i in text], card

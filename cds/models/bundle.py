@@ -179,6 +179,25 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
+def _keep_intended_for(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with the ``cds.intended_for`` of the card already at ``path`` when the new one has none:
+    retraining (``cds train``) rewrites the card but must not drop its intended use or input profile
+    (which depend on the training data, not the weights; ``python -m cds.models.input_profiles`` renews it)."""
+    card = metadata.get("cds")
+    if not isinstance(card, dict) or "intended_for" in card or not path.is_file():
+        return metadata
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("cds") or {}
+    except (OSError, ValueError):
+        return metadata
+    if "intended_for" not in old:
+        return metadata
+    keys = list(card)
+    at = keys.index("intended_use") + 1 if "intended_use" in keys else len(keys)
+    merged = dict(list(card.items())[:at] + [("intended_for", old["intended_for"])] + list(card.items())[at:])
+    return {**metadata, "cds": merged}
+
+
 def save_bundle(
     path: str | Path,
     metadata: dict[str, Any],
@@ -195,6 +214,7 @@ def save_bundle(
     (p / "models").mkdir(parents=True, exist_ok=True)
     inference = {"bundle_root": ".", "device": "cpu", "network_def": network_def, **(inference_extra or {})}
     (p / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
+    metadata = _keep_intended_for(p / "configs" / "metadata.json", metadata)
     (p / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
     if state_dict is not None:
         torch.save(state_dict, p / "models" / "model.pt")

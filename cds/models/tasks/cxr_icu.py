@@ -191,7 +191,8 @@ def load_cohort(data_dir: str | Path | None) -> tuple[Any, dict[str, Any]]:
         rows.append(rec)
     cohort = pd.DataFrame(rows)
     info = {"n_patients_in_folder": int(len(cohort)), "n_icu_in_folder": int(cohort["icu"].sum()),
-            "excluded": {"icu_before_first_radiograph": sorted(cohort.loc[cohort["excluded"] != "", "patient_id"])},
+            # a count, never the patient ids: the card travels in every FHIR output, de-identified ones too
+            "excluded": {"icu_before_first_radiograph": int((cohort["excluded"] != "").sum())},
             "icu_day_of_positives": {"same_day": int(((cohort["icu_day"] == 0) & (cohort["excluded"] == "")).sum()),
                                      "later": int((cohort["icu_day"] > 0).sum())}}
     return cohort, info
@@ -352,7 +353,7 @@ def _card(root: Path, info: dict[str, Any], cohort: Any, labs_used: list[str], a
             "then partly recognises ICU care (bedside AP films, lines, monitoring leads, arterial blood gases) "
             "rather than predicting deterioration. See comparisons.later_icu_only and "
             "comparisons.projection_ap_only in the performance section.",
-            f"Patients admitted to ICU before the day of their first radiograph ({len(info['excluded']['icu_before_first_radiograph'])}) "
+            f"Patients admitted to ICU before the day of their first radiograph ({info['excluded']['icu_before_first_radiograph']}) "
             "were excluded (label leakage); the model says nothing about them.",
             "Image features are fixed boxes over the lung fields (no segmentation) and depend on exposure, "
             "projection (AP vs PA) and post-processing.",
