@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cds.reports.context import ReportContext
-from cds.reports.performance import evaluate
+from cds.reports.performance import EVALUATED, evaluate
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
 
@@ -44,6 +44,8 @@ def anchor_rows(ctx: ReportContext) -> list[dict[str, Any]]:
         rep = evaluate(ctx, mid) if mid in ctx.models else None
         rep_txt = "not run in this report" if mid not in ctx.models else \
             "no labels in this cohort" if rep is None else \
+            f"not measured ({rep['status']}; n={rep['n']}, {rep['n_positive']} positive)" \
+            if rep.get("status", EVALUATED) != EVALUATED else \
             f"auroc {format_ci(rep['auroc'])} (n={rep['n']}, {rep['n_positive']} positive)"
         return {"our model": mid, "our number (model card)": card_txt, "our number (this report)": rep_txt}
 

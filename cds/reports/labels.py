@@ -68,11 +68,36 @@ LABEL_SOURCES: dict[str, tuple[Any, str]] = {
 }
 
 
+#: The columns of a labels table (:func:`icu_labels`); an empty one stands in when no label could be derived.
+LABEL_COLUMNS = ("patient_id", "study_uid", "started", "label", "icu_day_offset", "evaluate")
+
+
 def study_labels(ctx: ReportContext, mid: str) -> pd.DataFrame | None:
-    """Outcome labels for a model's eligible studies, or None when its task has no label source."""
+    """Outcome labels for a model's eligible studies, or None when its task has no label source.
+
+    When the label step cannot derive labels from this cohort's records (a table or a field it needs is
+    absent or malformed) the report goes on: the labels are an empty table and :func:`label_problem`
+    says why (the performance section shows it instead of numbers).
+    """
     key = f"labels:{mid}"
     if key not in ctx.cache:
         src = LABEL_SOURCES.get(ctx.registry.task_of(mid))
-        ctx.cache[key] = None if src is None else \
-            src[0](ctx.cohort, eligible_studies(ctx.registry.get(mid).model_card, ctx.studies))
+        if src is None:
+            ctx.cache[key] = None
+        else:
+            try:
+                ctx.cache[key] = src[0](ctx.cohort, eligible_studies(ctx.registry.get(mid).model_card, ctx.studies))
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                import pandas as pd
+
+                ctx.cache[f"label_problem:{mid}"] = (f"the outcome label could not be derived from this cohort's "
+                                                     f"records ({type(exc).__name__}: {ctx.scrub(exc)})")
+                dtypes = {"label": float, "icu_day_offset": float, "evaluate": bool}
+                ctx.cache[key] = pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, object)) for c in LABEL_COLUMNS})
     return ctx.cache[key]
+
+
+def label_problem(ctx: ReportContext, mid: str) -> str | None:
+    """Why :func:`study_labels` found no labels for ``mid`` in this cohort's records, or None."""
+    study_labels(ctx, mid)
+    return ctx.cache.get(f"label_problem:{mid}")

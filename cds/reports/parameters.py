@@ -17,16 +17,10 @@ import re
 from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cds.errors import ParameterError
-from cds.params import Param, validate_parameters
-
-if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
-
-
-    pass
-
+from cds.params import Param, iso_date, model_ids, output_dir, probability, validate_parameters
 
 NOTEBOOK = "cohort_report.ipynb"
 #: Environment variable holding the de-identification salt (kept out of every output).
@@ -39,20 +33,18 @@ _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 _RELATIVE = re.compile(r"^-(\d{1,5})d$")
 
 
-def _is_iso_date(v: str) -> bool:
-    try:
-        date.fromisoformat(v)
-    except ValueError:
-        return False
-    return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", v))
-
-
-def _date_or_relative(v: str) -> bool:
-    return _is_iso_date(v) or bool(_RELATIVE.match(v))
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+def _date_check(name: str) -> Any:
+    """The check of a date parameter: ``YYYY-MM-DD``, and for the window's ends also ``-Nd``."""
+    def check(v: str) -> bool:
+        if name != "reference_date" and _RELATIVE.match(v):
+            return True
+        try:
+            return iso_date(v, name) == v
+        except ParameterError as exc:
+            if name == "reference_date":
+                raise
+            raise ParameterError(name, f"{exc.reason}, or -Nd for N days before reference_date") from None
+    return check
 
 
 def parameter_spec() -> dict[str, Param]:
@@ -60,20 +52,20 @@ def parameter_spec() -> dict[str, Param]:
     return {
         "cohort": Param(str, "", hint="a folder, a .json Bundle, an .ndjson file or a FHIR base URL http(s)://... "
                                        "('' = the shipped sample cohort)"),
-        "models": Param(list, list(DEFAULT_MODELS),
-                        check=lambda v: len(v) > 0 and all(isinstance(x, str) and x for x in v),
+        "models": Param(list, list(DEFAULT_MODELS), check=lambda v: all(isinstance(x, str) for x in v),
                         hint="a non-empty list of model ids (strings), e.g. ['pneumonia', 'cxr-icu']"),
-        "start_date": Param(str, None, nullable=True, check=_date_or_relative,
+        "start_date": Param(str, None, nullable=True, check=_date_check("start_date"),
                             hint="YYYY-MM-DD, or -Nd for N days before reference_date, or None"),
-        "end_date": Param(str, None, nullable=True, check=_date_or_relative,
+        "end_date": Param(str, None, nullable=True, check=_date_check("end_date"),
                           hint="YYYY-MM-DD (inclusive), or -Nd for N days before reference_date, or None"),
-        "out_dir": Param(str, "../out/report", check=lambda v: bool(v.strip()), hint="an output folder"),
+        "out_dir": Param(str, "../out/report", check=lambda v: output_dir(v, "out_dir") is not None,
+                         hint="an output folder"),
         "deidentify": Param(bool, False),
-        "salt": Param(str, None, nullable=True, check=lambda v: bool(v),
-                      hint=f"a non-empty secret (better: set ${SALT_ENV} and leave salt None)"),
+        "salt": Param(str, None, nullable=True, check=lambda v: bool(v), secret=True,
+                      hint=f"a secret of at least 16 bytes (better: set ${SALT_ENV} and leave salt None)"),
         "thresholds": Param(dict, {}, check=lambda v: all(isinstance(k, str) for k in v),
                             hint="model id -> decision threshold, e.g. {'cxr-icu': 0.4}"),
-        "reference_date": Param(str, "2026-01-01", check=_is_iso_date, hint="a date YYYY-MM-DD"),
+        "reference_date": Param(str, "2026-01-01", check=_date_check("reference_date"), hint="a date YYYY-MM-DD"),
         "minutes_per_study": Param(float, 5.0, check=lambda v: math.isfinite(v) and 0 < v <= 1440,
                                    hint="reading minutes per study, > 0 and <= 1440"),
         "n_boot": Param(int, 2000, check=lambda v: 0 <= v <= 100_000, hint="bootstrap resamples, 0..100000"),
@@ -106,8 +98,10 @@ def validate_report_parameters(values: Mapping[str, Any], registry: Any = None) 
     """Check every report parameter and return them all (defaults filled in); no work is done.
 
     Raises :class:`cds.errors.ParameterError` naming the parameter: an unknown name, a wrong type,
-    a cohort path that does not exist, an unknown model id, a threshold for a model not run, a bad
-    date or window, or ``deidentify=True`` without a salt (parameter or ``$CDS_REPORT_SALT``).
+    a cohort path that does not exist, an output folder that is a file (or lies under one), an empty,
+    duplicated or unknown model id, a threshold outside 0..1 or for a model not run, a date not
+    written YYYY-MM-DD (``03/04/2020`` is refused as ambiguous) or an inverted window, or
+    ``deidentify=True`` without a salt (parameter or ``$CDS_REPORT_SALT``).
     The returned ``salt`` is resolved from the environment when the parameter is None.
 
     >>> validate_report_parameters({"modles": ["pneumonia"]})
@@ -129,20 +123,11 @@ start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, min
         from cds.models.registry import ModelRegistry
 
         registry = ModelRegistry()
-    known = registry.ids()
-    dupes = sorted({m for m in out["models"] if out["models"].count(m) > 1})
-    if dupes:
-        raise ParameterError("models", f"model(s) listed twice: {', '.join(dupes)}")
-    unknown = [m for m in out["models"] if m not in known]
-    if unknown:
-        raise ParameterError("models", f"unknown model(s) {', '.join(map(repr, unknown))}; available: "
-                                       f"{', '.join(known)}")
+    out["models"] = model_ids(out["models"], "models", registry.ids())
     for mid, thr in out["thresholds"].items():
         if mid not in out["models"]:
             raise ParameterError("thresholds", f"{mid!r} is not one of the models run ({', '.join(out['models'])})")
-        if not _number(thr):
-            raise ParameterError(f"thresholds[{mid!r}]", f"expected a finite number, got {type(thr).__name__} {thr!r}")
-        out["thresholds"][mid] = float(thr)
+        out["thresholds"][mid] = probability(thr, f"thresholds[{mid!r}]")
     start = resolve_date(out["start_date"], out["reference_date"])
     end = resolve_date(out["end_date"], out["reference_date"])
     if start and end and end < start:
@@ -152,7 +137,7 @@ start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, min
         if not salt:
             raise ParameterError("salt", f"deidentify=True needs a secret salt: set ${SALT_ENV} (it then never "
                                          "appears in an output) or pass salt; keep it to get the same pseudonyms")
-        out["salt"] = salt
+        out["salt"] = salt  # its length (>= 16 bytes) is checked by run_report and prepare (cds.privacy.check_salt)
     return out
 
 

@@ -1,6 +1,9 @@
 """The report's performance section: each model against its FHIR outcome labels, with subgroups.
 
-Metrics come from :mod:`cds.evaluation` (one binary-metrics block, one ECE, one CI formatter).
+Metrics come from :mod:`cds.evaluation` (one binary-metrics block, one ECE, one CI formatter). A cohort
+that lacks what a measurement needs never stops the report: :func:`evaluation_status` names what is
+missing (no label source for the task, labels not derivable from the records, no labelled study, no
+AI result on them, no positive or no negative) and the section says so instead of a number.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cds.reports.context import AGE_UNKNOWN, ReportContext
-from cds.reports.labels import LABEL_SOURCES, study_labels
+from cds.reports.labels import LABEL_SOURCES, label_problem, study_labels
 from cds.reports.model_runs import findings_frame, model_threshold
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
@@ -66,6 +69,39 @@ def _binary_metrics(y: Any, p: Any, groups: Any, thr: float | None, n_boot: int)
     return out
 
 
+#: Status of an evaluation whose numbers are all defined.
+EVALUATED = "evaluated"
+
+
+def evaluation_status(res: dict[str, Any], problem: str | None = None) -> tuple[str, str | None]:
+    """(status, note) of one model's evaluation: :data:`EVALUATED` and None when both classes were
+    evaluated, else a short status and the sentence the report shows instead of the missing numbers.
+
+    >>> evaluation_status({"n": 4, "n_positive": 1, "eligible_first_studies": 4})
+    ('evaluated', None)
+    >>> evaluation_status({"n": 3, "n_positive": 0, "eligible_first_studies": 3})[0]
+    'label absent'
+    >>> print(evaluation_status({"n": 0, "n_positive": 0, "eligible_first_studies": 2})[1])  # doctest: +ELLIPSIS
+    none of the 2 labelled studies has an AI result ...
+    """
+    n, pos, elig = int(res["n"]), int(res["n_positive"]), int(res["eligible_first_studies"])
+    if problem:
+        return "labels not derivable", problem
+    if elig == 0:
+        return "no labelled studies", ("no study of this cohort has a known outcome label for this task (no first "
+                                       "study in the window, or each was taken after the outcome): nothing to measure")
+    if n == 0:
+        return "no AI results", (f"none of the {elig} labelled studies has an AI result (each failed, was rejected "
+                                 "or is outside the model's intended use): nothing to measure")
+    if pos == 0:
+        return "label absent", (f"the outcome is absent from this cohort: all {n} labelled studies are negative, so "
+                                "AUROC and sensitivity are undefined; only specificity is shown")
+    if pos == n:
+        return "no negatives", (f"all {n} labelled studies are positive: AUROC and specificity are undefined; only "
+                                "sensitivity is shown")
+    return EVALUATED, None
+
+
 def evaluate(ctx: ReportContext, mid: str) -> dict[str, Any] | None:
     """Performance of one model against its FHIR outcome labels (None when its task has no labels).
 
@@ -99,6 +135,7 @@ def evaluate(ctx: ReportContext, mid: str) -> dict[str, Any] | None:
                            "eligible_first_studies": int(len(ev_all)),
                            "without_ai_result": int(len(ev_all) - len(ev)), "threshold_from": src}
     res.update(_binary_metrics(y, p, g, thr, n_boot))
+    res["status"], res["note"] = evaluation_status(res, label_problem(ctx, mid))
     if band and len(ev):
         res["in_indeterminate_band"] = int(((p >= band[0]) & (p <= band[1])).sum())
     if len(ev):
@@ -142,6 +179,8 @@ def performance_definition(ctx: ReportContext) -> Any:
         txt = (f"- `{mid}`: label = {r['label']}. Evaluated on the {r['evaluation_set']} "
                f"({r['n']} studies, {r['n_positive']} positive")
         txt += f"; {r['without_ai_result']} first studies had no AI result)." if r["without_ai_result"] else ")."
+        if r.get("note"):
+            txt += f" **{'Not measured here' if not r['n'] else 'Note'}: {r['note']}.**"
         ov = r.get("training_overlap")
         if ov and ov["in_training_set"]:
             txt += (f" **{ov['in_training_set']} of {ov['patients']} evaluated patients were in this model's "
@@ -167,7 +206,8 @@ def performance_table(ctx: ReportContext) -> pd.DataFrame:
     for mid in ctx.models:
         r = evaluate(ctx, mid)
         if r is None:
-            rows.append({"model": mid, "n": 0, "positives": 0, "AUROC (95 % CI)": "no labels in FHIR"})
+            rows.append({"model": mid, "n": 0, "positives": 0, "AUROC (95 % CI)": "no labels in FHIR",
+                         "note": "no outcome label in FHIR for this task"})
             continue
         ov = r.get("training_overlap")
         rows.append({"model": mid, "n": r["n"], "positives": r["n_positive"], "AUROC (95 % CI)": format_ci(r["auroc"]),
@@ -175,7 +215,8 @@ def performance_table(ctx: ReportContext) -> pd.DataFrame:
                      "specificity (95 % CI)": format_ci(r.get("specificity")),
                      "in indeterminate band": r.get("in_indeterminate_band", 0),
                      "ECE": None if r.get("ece") is None else round(r["ece"], 3),
-                     "in training set": "unknown" if not ov else f"{ov['in_training_set']} of {ov['patients']}"})
+                     "in training set": "unknown" if not ov else f"{ov['in_training_set']} of {ov['patients']}",
+                     "note": "" if r.get("status") == EVALUATED else r.get("status", "")})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -186,16 +227,22 @@ def subgroup_table(ctx: ReportContext) -> pd.DataFrame:
     from cds.evaluation.metrics import format_ci
 
     rows = []
+    unmeasured = []
     for mid in ctx.models:
         r = evaluate(ctx, mid)
         if r is None:
+            continue
+        if not r["n"]:
+            unmeasured.append(f"{mid}: {r.get('status')}")
             continue
         for s in r["subgroups"]:
             rows.append({"model": mid, "variable": s["variable"], "group": s["group"], "n": s["n"],
                          "positives": s["n_positive"], "AUROC (95 % CI)": format_ci(s["auroc"]),
                          "sensitivity": format_ci(s.get("sensitivity")), "specificity": format_ci(s.get("specificity"))})
     if not rows:
-        return pd.DataFrame({"note": ["no model in this report has outcome labels in FHIR"]})
+        why = f"no labelled study with an AI result ({'; '.join(unmeasured)})" if unmeasured else \
+            "no model in this report has outcome labels in FHIR"
+        return pd.DataFrame({"note": [why]})
     return pd.DataFrame(rows)
 
 
@@ -206,12 +253,15 @@ def plot_performance(ctx: ReportContext) -> Figure:
 
     from cds.evaluation.metrics import format_ci
 
-    done = [(m, evaluate(ctx, m)) for m in ctx.models]
-    done = [(m, r) for m, r in done if r is not None and r.get("roc")]
+    results = [(m, evaluate(ctx, m)) for m in ctx.models]
+    done = [(m, r) for m, r in results if r is not None and r.get("status") == EVALUATED and r.get("roc")]
     fig = Figure(figsize=(9, 3.8 * max(len(done), 1)), layout="constrained")
     if not done:
         ax = fig.subplots()
-        ax.text(0.5, 0.5, "no model in this report has outcome labels in FHIR", ha="center", va="center")
+        why = [f"{m}: {r['status']}" for m, r in results if r is not None]
+        ax.text(0.5, 0.5, "no model in this report could be measured against outcome labels\n" + (
+            "\n".join(why) if why else "(no model in this report has outcome labels in FHIR)"), ha="center",
+            va="center")
         ax.set_axis_off()
         return fig
     axes = np.atleast_2d(fig.subplots(len(done), 2))

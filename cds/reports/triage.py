@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cds.errors import ParameterError
 from cds.reports.context import ReportContext
-from cds.reports.labels import LABEL_SOURCES, study_labels
+from cds.reports.labels import LABEL_SOURCES, label_problem, study_labels
 from cds.reports.model_runs import eligible_studies
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
@@ -99,7 +99,9 @@ def triage(ctx: ReportContext, mid: str) -> dict[str, Any]:
     if labels is not None:
         lab = dict(zip(labels["study_uid"], labels["label"], strict=True))
         wl["positive"] = wl["study_uid"].map(lab).astype(float)
-        definition = "outcome label: " + LABEL_SOURCES[ctx.registry.task_of(mid)][1]
+        problem = label_problem(ctx, mid)
+        definition = f"no outcome label: {problem}; every study is unlabelled" if problem else \
+            "outcome label: " + LABEL_SOURCES[ctx.registry.task_of(mid)][1]
     else:
         wl["positive"] = (wl["ai_state"] == "positive").astype(float).where(wl["ai_state"] != "no-ai")
         definition = ("the AI's own positive call (no outcome label in FHIR for this task: circular); studies "
