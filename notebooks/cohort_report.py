@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 cohort = ""  # folder, Bundle .json, .ndjson file, or FHIR server base URL; "": the shipped sample cohort
-models = ["pneumonia", "cxr-icu", "cxr-cardiomegaly"]  # model ids (see `cds models`)
+models = ["auto"]  # model ids (see `cds models`); ["auto"]: the models meant for the cohort's studies
 start_date = None  # first study date YYYY-MM-DD, or -7d for 7 days before reference_date; None: no limit
 end_date = None  # last study date (inclusive), same forms
 out_dir = "out/report"  # results.json, results.fhir.json and figures/ go here

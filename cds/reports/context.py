@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cds.errors import ParameterError
 from cds.privacy import (
     Scrubber,
     check_deidentified,
@@ -21,7 +22,7 @@ from cds.privacy import (
     identifying_strings,
     pseudonyms,
 )
-from cds.reports.parameters import resolve_date
+from cds.reports.parameters import AUTO_MODELS, resolve_date
 
 if TYPE_CHECKING:  # heavy modules are imported inside functions (``cds --help`` stays fast)
 
@@ -204,7 +205,16 @@ def prepare(params: Mapping[str, Any]) -> ReportContext:
              "studies_in_window": int(studies["study_uid"].nunique()), **counts,
              "window_start": start, "window_end": end,
              "invalid_resources": len(cohort.invalid_resources), "dangling_references": len(cohort.dangling_references)}
-    ctx = ReportContext(params=dict(params), cohort=cohort, registry=ModelRegistry(), out_dir=out, studies=studies,
+    registry = ModelRegistry()
+    params = dict(params)
+    if list(params["models"]) == [AUTO_MODELS]:  # the models meant for the cohort
+        params["models"] = registry.models_for(cohort)
+        print(f"models meant for this cohort's studies: {', '.join(params['models']) or 'none'}")
+        stray = sorted(set(params["thresholds"]) - set(params["models"]))
+        if stray:
+            raise ParameterError("thresholds", f"{', '.join(map(repr, stray))} not among the models meant for this "
+                                               f"cohort ({', '.join(params['models']) or 'none'}); name the models")
+    ctx = ReportContext(params=params, cohort=cohort, registry=registry, out_dir=out, studies=studies,
                         scope=scope, recorded=f"{params['reference_date']}T00:00:00Z", start=start, end=end,
                         identifiers=identifiers)
     ctx.timings["load_s"] = time.perf_counter() - t0

@@ -25,7 +25,10 @@ from cds.params import Param, iso_date, model_ids, output_dir, probability, vali
 NOTEBOOK = "cohort_report.ipynb"
 #: Environment variable holding the de-identification salt (kept out of every output).
 SALT_ENV = "CDS_REPORT_SALT"
-DEFAULT_MODELS = ("pneumonia", "cxr-icu", "cxr-cardiomegaly")
+#: The default ``models``: the models meant for the cohort's studies, chosen once the cohort is loaded
+#: (:meth:`cds.models.registry.ModelRegistry.models_for`: intended use and required EHR inputs).
+AUTO_MODELS = "auto"
+DEFAULT_MODELS = (AUTO_MODELS,)
 #: Names the report notebook itself assigns; every other global defined before the validation cell is
 #: a parameter (papermill injects parameters as plain assignments and only warns on unknown ones).
 NOTEBOOK_NAMES = frozenset({"rp", "params", "ctx", "written"})
@@ -53,7 +56,8 @@ def parameter_spec() -> dict[str, Param]:
         "cohort": Param(str, "", hint="a folder, a .json Bundle, an .ndjson file or a FHIR base URL http(s)://... "
                                        "('' = the shipped sample cohort)"),
         "models": Param(list, list(DEFAULT_MODELS), check=lambda v: all(isinstance(x, str) for x in v),
-                        hint="a non-empty list of model ids (strings), e.g. ['pneumonia', 'cxr-icu']"),
+                        hint="a non-empty list of model ids (strings), e.g. ['cxr-icu'], or ['auto'] (the default): "
+                             "the models meant for the cohort's studies"),
         "start_date": Param(str, None, nullable=True, check=_date_check("start_date"),
                             hint="YYYY-MM-DD, or -Nd for N days before reference_date, or None"),
         "end_date": Param(str, None, nullable=True, check=_date_check("end_date"),
@@ -123,9 +127,14 @@ start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, min
         from cds.models.registry import ModelRegistry
 
         registry = ModelRegistry()
-    out["models"] = model_ids(out["models"], "models", registry.ids())
+    if out["models"] == [AUTO_MODELS]:
+        for mid, thr in out["thresholds"].items():  # which models run is known once the cohort is loaded
+            model_ids([mid], f"thresholds[{mid!r}]", registry.ids())
+            out["thresholds"][mid] = probability(thr, f"thresholds[{mid!r}]")
+    else:
+        out["models"] = model_ids(out["models"], "models", registry.ids())
     for mid, thr in out["thresholds"].items():
-        if mid not in out["models"]:
+        if out["models"] != [AUTO_MODELS] and mid not in out["models"]:
             raise ParameterError("thresholds", f"{mid!r} is not one of the models run ({', '.join(out['models'])})")
         out["thresholds"][mid] = probability(thr, f"thresholds[{mid!r}]")
     start = resolve_date(out["start_date"], out["reference_date"])
