@@ -116,7 +116,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from cds.models.run_file import findings_table, run_file
 
-    findings = run_file(args.model, args.path, args.ehr or [], models_dir=args.models_dir, series_uid=args.series)
+    findings = run_file(args.model, args.path, args.ehr or [], models_dir=args.models_dir, series_uid=args.series,
+                        age_years=args.age, view=args.view)
     if args.json:
         print(json.dumps([f.record_dict() for f in findings], indent=2, default=str))
     else:
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ehr", action="append", metavar="NAME=VALUE", help="an EHR input the model card declares "
                    "(e.g. --ehr age=63 --ehr sex=female); repeatable")
     r.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    r.add_argument("--age", type=float, help="the patient's age in years, when the file does not record it (the "
+                   "model answers only inside its card's intended ages)")
+    r.add_argument("--view", help="the view (AP, PA, LL, MLO...), when the file does not record it")
     r.add_argument("--models-dir", action="append", help="a models directory (default $CDS_MODELS_DIR or "
                    "~/.cds/models); repeatable")
     r.add_argument("--json", action="store_true", help="print the Findings as JSON records")

@@ -45,10 +45,31 @@ def test_run_prints_findings_as_json_with_the_dicom_identity(radiograph: Path, c
     assert rec["probability"] == pytest.approx(direct["probability"])
 
 
-def test_run_prints_a_table(radiograph: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["run", "pneumonia", str(radiograph)]) == 0
+def test_run_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests.paediatric import write_paediatric_cohort
+
+    child = write_paediatric_cohort(tmp_path, n=1) / "png" / "child-1.png"
+    assert main(["run", "pneumonia", str(child), "--age", "3"]) == 0
     head, row = capsys.readouterr().out.strip().splitlines()
     assert head.split()[:3] == ["code", "display", "probability"] and row.split()[:2] == ["233604007", "Pneumonia"]
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ([], "the patient's age is not recorded; the model is for ages 1-5 years"),
+    (["--age", "54"], "the patient is 54 years old; the model is for ages 1-5 years"),
+    (["--age", "3", "--view", "LL"], "view LL; the model is for AP, PA views"),
+])
+def test_run_refuses_a_study_outside_the_models_intended_use(radiograph: Path, tmp_path: Path, extra: list[str],
+                                                              named: str, capsys: pytest.CaptureFixture) -> None:
+    from tests.paediatric import write_paediatric_cohort
+
+    child = write_paediatric_cohort(tmp_path, n=1) / "png" / "child-1.png"
+    assert main(["run", "pneumonia", str(child), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outside intended use" in err and named in err, err
+    # an adult's radiograph (the sample cohort's) is outside it too, whatever the age given
+    assert main(["run", "pneumonia", str(radiograph), "--age", "40"]) == 2
+    assert "40 years old" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "named"), [
@@ -119,7 +140,8 @@ def test_json_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     from cds.locations import sample_cohort_dir
 
     dcm = next(sample_cohort_dir().rglob("*.dcm"))
-    proc = subprocess.Popen([sys.executable, "-m", "cds.cli", "run", "pneumonia", str(dcm), "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "cds.cli", "run", "cxr-cardiomegaly", str(dcm), "--ehr", "age=61",
+                             "--ehr", "sex=female", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     assert proc.stdout is not None
     proc.stdout.close()  # closed before the model has loaded: every write of the JSON hits a closed pipe

@@ -86,13 +86,16 @@ def test_cohort_run_records_failures_and_carries_on(cohort: cds.Cohort, tmp_path
     reg = ModelRegistry(user_dirs=[])
     rows = cohort.imaging.dropna(subset=["pixel_location"]).head(3).copy()
     rows.iloc[1, rows.columns.get_loc("pixel_location")] = str(tmp_path / "missing.dcm")
-    result = reg.run("pneumonia", cohort, rows)
+    result = reg.run("cxr-icu", cohort, rows)
     assert len(result.findings) == 2 and len(result.failures) == 1
     fail = result.failures_frame().iloc[0]
-    assert fail["error"] == "ImageReadError" and "missing.dcm" in fail["message"]
+    assert fail["error"] == "ImageReadError" and "missing.dcm" in fail["message"] and fail["state"] == "failed"
     f = result.findings[0]
-    assert f.model_id == "pneumonia" and 0.0 <= f.probability <= 1.0 and f.study_uid == rows.iloc[0]["study_uid"]
+    assert f.model_id == "cxr-icu" and 0.0 <= f.probability <= 1.0 and f.study_uid == rows.iloc[0]["study_uid"]
     assert f.interpretation in {"positive", "negative", "indeterminate"}
+    # the paediatric demo model is not meant for these adults' radiographs: no answer, and why
+    result = reg.run("pneumonia", cohort, rows.iloc[[0]])
+    assert result.findings == [] and result.failures[0].state == "outside-intended-use"
     # cardiomegaly needs age, which the Hannover source redacts: refused per study, with the reason
     result = reg.run("cxr-cardiomegaly", cohort, rows.iloc[[0]])
     assert result.findings == [] and "needs EHR input 'age'" in result.failures[0].message
@@ -113,11 +116,15 @@ def test_cli_models_list() -> None:
     assert {"pneumonia", "cxr-icu"} <= ids
 
 
-def test_gradcam_maps_are_saved_as_artifacts(cohort: cds.Cohort, tmp_path: Path) -> None:
+def test_gradcam_maps_are_saved_as_artifacts(tmp_path: Path) -> None:
     import numpy as np
 
+    from tests.paediatric import write_paediatric_cohort
+
+    cohort = cds.load_cohort(write_paediatric_cohort(tmp_path / "children", n=6), reference_date="2026-01-01")
+    tmp_path = tmp_path / "maps"
     reg = ModelRegistry(user_dirs=[])
-    rows = cohort.imaging.dropna(subset=["pixel_location"]).head(6)
+    rows = cohort.imaging
     result = reg.run("pneumonia", cohort, rows, artifacts_dir=tmp_path)
     with_maps = [f for f in result.findings if "heatmap" in f.extra]
     assert result.failures == [] and len(result.findings) == len(rows)

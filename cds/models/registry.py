@@ -302,6 +302,7 @@ class ModelRegistry:
         b = self.get(model_id)
         task = self.task_for(model_id)
         warnings = check_record(image, facts) if facts is not None and check_identity else []
+        facts = _with_ehr_age(facts, b.model_card, ehr)
         warnings += check_intended_use(b.model_card, image, facts)
         warnings += check_quality(b.model_card, image)
         ehr = ehr if isinstance(ehr, EhrInputs) else EhrInputs(ehr or {})
@@ -339,6 +340,18 @@ def _read_series(row: Any, read_image: Any) -> Any:
     if not loc.startswith(("http://", "https://")) and Path(loc).is_file():
         return read_image(loc)
     return read_image(loc, series_uid=row.series_uid, modality=row.modality)
+
+
+def _with_ehr_age(facts: StudyFacts | None, card: Any, ehr: Any) -> StudyFacts | None:
+    """``facts`` with the patient's age from an EHR input the card takes from ``patient.age_years`` (e.g.
+    ``cds run ... --ehr age=61``) when the facts record none."""
+    if facts is not None and facts.age_years is not None:
+        return facts
+    for spec in card.ehr_inputs:
+        value = (ehr or {}).get(spec.get("name")) if spec.get("source") == "patient.age_years" else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            return replace(facts or StudyFacts(""), age_years=float(value))
+    return facts
 
 
 def _failure(row: Any, model_id: str, version: str | None, exc: BaseException, state: str = "failed") -> Failure:
