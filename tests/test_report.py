@@ -287,9 +287,14 @@ def test_results_json_content(posted_run):
     m = res["metrics"]["models"]
     assert set(m) == set(MODELS)
     # 10 Hannover radiographs, one unreadable; the 2 Synthea studies have no pixels
-    for mid in ("pneumonia", "cxr-icu"):
-        assert m[mid]["studies_with_findings"] == 9 and m[mid]["failed_studies"] == 3
-        assert m[mid]["failures_by_error"] == {"ImageReadError": 1, "ModelInputError": 2}
+    icu = m["cxr-icu"]
+    assert icu["studies_with_findings"] == 9 and icu["failed_studies"] == 3
+    assert icu["failures_by_error"] == {"ImageReadError": 1, "ModelInputError": 2}
+    assert icu["no_answer_by_reason"] == {"failed": 3}
+    # the paediatric demo model is not meant for these adults (no recorded age): no answer for any radiograph
+    pneu = m["pneumonia"]
+    assert pneu["findings"] == 0 and pneu["failed_studies"] == 12
+    assert pneu["no_answer_by_reason"] == {"failed": 2, "outside-intended-use": 10}
     assert m["cxr-cardiomegaly"]["findings"] == 0 and m["cxr-cardiomegaly"]["failed_studies"] == 12
     perf = m["cxr-icu"]["performance"]
     assert (perf["n"], perf["n_positive"]) == (5, 2)  # first radiograph per Hannover patient; ICU for 2
@@ -301,7 +306,7 @@ def test_results_json_content(posted_run):
     assert tri["studies"] == 12 and tri["positives"] == 2 and "ICU admission" in tri["positive_definition"]
     assert "own positive call" in m["pneumonia"]["triage"]["positive_definition"]
     assert res["metrics"]["parameters"]["models"] == MODELS and "salt" not in res["metrics"]["parameters"]
-    assert res["n_studies"] == 9 and res["n_findings"] == 18
+    assert res["n_studies"] == 9 and res["n_findings"] == 9
 
 
 def test_results_fhir_validates_as_r4(posted_run):
@@ -323,7 +328,7 @@ def test_per_study_failures_are_listed(posted_run, small_cohort):
     no_pixels = [f for f in fails if "nowhere where its pixels are" in f["message"]]
     assert {f["patient_id"] for f in no_pixels} == set(SYNTHEA) and len(no_pixels) == 6  # 2 studies x 3 models
     unreadable = [f for f in fails if f["error"] == "ImageReadError"]
-    assert {f["model_id"] for f in unreadable} == {"pneumonia", "cxr-icu"}
+    assert {f["model_id"] for f in unreadable} == {"cxr-icu"}  # pneumonia refused it on the record alone
     assert all(UNREADABLE.split("/")[-1] in f["message"] and "not a DICOM file" in f["message"] for f in unreadable)
     html = _all_text(posted_run["out_dir"] / "report.html")
     assert "not a DICOM file" in html
@@ -358,7 +363,8 @@ def test_identified_and_deidentified_ids_differ(posted_run, deid_runs):
              if e["resource"]["resourceType"] == "Observation"}
     pseudo = {e["resource"]["id"] for e in json.loads((deid_runs[0]["out_dir"] / "results.fhir.json").read_text())
               ["entry"] if e["resource"]["resourceType"] == "Observation"}
-    assert len(ident) == len(pseudo) == 18 and not ident & pseudo
+    # 9 cxr-icu results + one "no answer" Observation per study a model did not answer for (3 + 12 + 12)
+    assert len(ident) == len(pseudo) == 9 + 27 and not ident & pseudo
 
 
 @pytest.mark.slow
@@ -385,9 +391,9 @@ def test_deidentified_outputs_hold_no_names_ids_or_birth_dates(deid_runs, small_
                  '"reference": "Patient/'):
         assert fact not in fhir_text, fact
     res = json.loads((out / "results.json").read_text())
-    assert res["n_findings"] == 18 and res["metrics"]["parameters"]["deidentify"] is True
+    assert res["n_findings"] == 9 and res["metrics"]["parameters"]["deidentify"] is True
     assert all("/" not in f["message"] for f in res["failures"])
-    assert sum("[path removed]: not a DICOM file" in f["message"] for f in res["failures"]) == 2
+    assert sum("[path removed]: not a DICOM file" in f["message"] for f in res["failures"]) == 1
     html = _all_text(out / "report.html")
     for text in ("needs EHR input", "nowhere where its pixels are", "not a DICOM file"):  # failures still listed
         assert text in html

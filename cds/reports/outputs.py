@@ -43,6 +43,7 @@ def _model_metrics(ctx: ReportContext, mid: str) -> dict[str, Any]:
         "findings": int(len(ff)), "studies_with_findings": int(ff["study_uid"].nunique()),
         "failed_studies": int(len(fm)),
         "failures_by_error": {str(k): int(v) for k, v in fm["error"].value_counts().sort_index().items()},
+        "no_answer_by_reason": {str(k): int(v) for k, v in fm["state"].value_counts().sort_index().items()},
         "interpretations": {str(k): int(v) for k, v in ff["interpretation"].value_counts().sort_index().items()},
         "score_quantiles": None if not len(s) else
         dict(zip(["min", "q25", "median", "q75", "max"], np.quantile(s, [0, 0.25, 0.5, 0.75, 1]).round(6).tolist(),
