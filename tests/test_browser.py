@@ -70,7 +70,8 @@ def browser(chromium: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def case(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Real pneumonia findings (registry run) for three Hannover patients; the patient the test picks."""
+    """Real cxr-icu findings (registry run: the model meant for these adults' radiographs with labs) for three
+    Hannover patients; the patient the test picks."""
     import torch
 
     from cds.models.registry import ModelRegistry
@@ -80,7 +81,7 @@ def case(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     img = cohort.imaging[cohort.imaging["pixel_location"].notna()]
     labs = set(cohort.observations.loc[cohort.observations["category"] == "laboratory", "patient_id"])
     pids = [p for p in sorted(img["patient_id"].unique()) if p in labs][:3]
-    result = ModelRegistry().run("pneumonia", cohort, studies=img[img["patient_id"].isin(pids)])
+    result = ModelRegistry().run("cxr-icu", cohort, studies=img[img["patient_id"].isin(pids)])
     assert result.findings, result.failures
     path = save_findings(result.findings, tmp_path_factory.mktemp("findings") / "findings.json", result.failures)
     findings, _ = load_findings(path)
@@ -148,7 +149,7 @@ def exercise_explorer(page: Any, case: dict[str, Any], store: Path, name: str) -
     page.wait_for_function("p => [...document.querySelectorAll('.cds-findings-panel')].some("
                            "e => e.innerText.includes(p))", arg=prob, timeout=20_000)
     ptext = panel.inner_text()
-    assert "Pneumonia" in ptext and "pneumonia (PneumoniaMNIST demo)" in ptext and "1.0.0" in ptext
+    assert "Admission to intensive care unit" in ptext and "cxr-icu (Hannover COVID-19" in ptext and "1.0.0" in ptext
     before = _fingerprint(page)
     assert before[0] > 10_000  # a real radiograph PNG, not a placeholder
     page.locator(".cds-case-view").first.screenshot(path=str(ARTIFACTS / f"{name}-case.png"))

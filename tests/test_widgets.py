@@ -211,7 +211,8 @@ def test_static_fallback_shows_the_case(cohort, findings, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_notebook_runs_under_papermill_and_exports_the_case_as_html(repo: Path, samples_dir: Path,
                                                                      tmp_path: Path) -> None:
-    """The real path: the notebook runs the registry's pneumonia model on a two-patient cohort."""
+    """The real path: the notebook runs the registry's cxr-icu model (meant for these adults' first
+    radiographs with labs) on a two-patient cohort."""
     import shutil
 
     import nbformat
@@ -228,7 +229,7 @@ def test_notebook_runs_under_papermill_and_exports_the_case_as_html(repo: Path, 
         shutil.copytree(samples_dir / "dicom" / "hannover" / pid, sub / "dicom" / "hannover" / pid)
     executed = tmp_path / "out.ipynb"
     pm.execute_notebook(str(repo / "notebooks" / "case_explorer.ipynb"), str(executed),
-                        parameters={"cohort": str(sub), "models": ["pneumonia"], "reader_id": "dr-nb",
+                        parameters={"cohort": str(sub), "models": ["cxr-icu"], "reader_id": "dr-nb",
                                     "store_path": str(tmp_path / "reviews.jsonl"), "reference_date": "2020-06-02"},
                         cwd=str(repo / "notebooks"), kernel_name="python3", progress_bar=False)
     html = to_html(executed, tmp_path / "report.html").read_text()
@@ -241,5 +242,5 @@ def test_notebook_runs_under_papermill_and_exports_the_case_as_html(repo: Path, 
     assert f"<b>{rec.patient['sex']}</b>" in html
     assert re.search(r'<img[^>]+src="data:image/png;base64,', html)
     assert re.search(r'class="cds-probability">0\.\d{3}<', html)  # a probability from the real model run
-    assert "pneumonia (PneumoniaMNIST demo)" in html and "Loading widget" not in html
+    assert "cxr-icu (Hannover COVID-19" in html and "Loading widget" not in html
     assert "build_explorer(" not in html  # code hidden
