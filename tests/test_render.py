@@ -111,10 +111,9 @@ def test_pixel_box_point_and_heatmap_land_on_the_right_pixels(tmp_path: Path) ->
 def test_an_overlay_has_the_colour_of_its_finding_interpretation() -> None:
     from cds.explorer.widgets.static import finding_card_html
     from cds.images.render import STATE_COLOURS
-    from cds.review.worklist import AI_STATES, REFUSAL_STATES
+    from cds.review.worklist import AI_STATES
 
-    # one vocabulary: the Finding interpretations + no-ai (a refusal has no Finding, so nothing to draw)
-    assert set(STATE_COLOURS) == set(AI_STATES) - set(REFUSAL_STATES)
+    assert set(STATE_COLOURS) == set(AI_STATES)  # one vocabulary: the worklist's states
     img = Image(np.zeros((16, 16), np.uint8), (1.0, 1.0), (0, 0, 0), np.eye(3), "CR", {"patient_frame": False})
     for prob, state in ((0.9, "positive"), (0.55, "indeterminate"), (0.1, "negative")):
         f = _finding(probability=prob, indeterminate=(0.4, 0.6), location=Location("point", (3, 4), frame="pixel"))

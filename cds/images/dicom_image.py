@@ -26,32 +26,46 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from cds.errors import ImageReadError, ParameterError
+from cds.images.dicom_header import PIXEL_KEYWORDS, check_pixel_header
+from cds.images.dicom_header import safe_get as _get
 from cds.images.image import Image
+from cds.images.limits import ImageLimits, image_limits
 
 __all__ = ["image_from_datasets", "DEFAULT_SLICE_GAP_TOLERANCE"]
 
 #: Largest relative difference between a slice gap and the median gap before a stack is refused.
 DEFAULT_SLICE_GAP_TOLERANCE = 0.01
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def _check_pixels(ds: Dataset, where: str) -> None:
     """Raise a clear ImageReadError when ``ds`` has no pixels or none of the installed codecs decodes them."""
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
-        sop = ds.get("SOPClassUID")
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        sop = _get(ds, "SOPClassUID")
         what = UID(str(sop)).name if sop else "unknown SOP class"
+        if what.endswith("Image Storage"):
+            raise ImageReadError(
+                where, f"no pixel data although it is a {what} object (a truncated or stripped file?)"
+            )
         raise ImageReadError(
-            where, f"no pixel data ({what}, modality {ds.get('Modality', 'unset')}): not an image object"
+            where, f"no pixel data ({what}, modality {_get(ds, 'Modality', 'unset')}): not an image object"
         )
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts is None or "PixelData" not in ds:
+    if "PixelData" not in ds:
         return
+    if not ts:
+        raise ImageReadError(
+            where, "the file meta information has no TransferSyntaxUID (0002,0010), so the pixel data's "
+            "encoding is unknown",
+        )
+    if not isinstance(ts, str):  # e.g. several values
+        raise ImageReadError(where, f"TransferSyntaxUID {str(ts)[:80]!r} is not one UID")
+    ts = UID(ts)
     from pydicom.pixels import get_decoder
 
     try:
         decoder = get_decoder(ts)
-    except NotImplementedError:
+    except (NotImplementedError, ValueError):
         raise ImageReadError(
             where, f"transfer syntax {ts} ({ts.name}) is not supported by pydicom's pixel decoders"
         ) from None
@@ -74,17 +88,27 @@ def _decode(ds: Dataset, where: str) -> np.ndarray:
         raise ImageReadError(
             where, f"pixel data cannot be decoded (truncated or corrupt?): {reason}"
         ) from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = str(_get(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        arr = apply_color_lut(arr, ds)
-        descriptor = _floats(ds.get("RedPaletteColorLookupTableDescriptor"))
-        if descriptor and len(descriptor) == 3 and int(descriptor[2]) == 16:
-            arr = arr / 257.0  # 16-bit LUT entries -> 0..255 like 8-bit colour images
-    if int(ds.get("SamplesPerPixel", 1)) > 1 or photometric == "PALETTE COLOR":
+        arr = _palette(arr, ds, where)
+    if _num(ds, "SamplesPerPixel", 1) > 1 or photometric == "PALETTE COLOR":
         arr = _luma(arr)
     return arr
+
+
+def _palette(arr: np.ndarray, ds: Dataset, where: str) -> np.ndarray:
+    """PALETTE COLOR indices -> RGB through the file's lookup tables (ImageReadError when they are unusable)."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(arr, ds)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError/IndexError/... for a broken table
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(where, f"PALETTE COLOR lookup table cannot be applied: {reason}") from None
+    descriptor = _floats(_get(ds, "RedPaletteColorLookupTableDescriptor"))
+    if descriptor and len(descriptor) == 3 and descriptor[2] == 16:
+        rgb = rgb / 257.0  # 16-bit LUT entries -> 0..255 like 8-bit colour images
+    return rgb
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -102,6 +126,12 @@ def _floats(value: Any) -> list[float] | None:
         return None
 
 
+def _num(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute already checked by :func:`check_pixel_header`; ``default`` when absent or empty."""
+    value = _first_float(_get(ds, keyword))
+    return int(value) if value is not None and np.isfinite(value) else default
+
+
 def _first_float(value: Any) -> float | None:
     vals = _floats(value)
     return vals[0] if vals else None
@@ -109,10 +139,10 @@ def _first_float(value: Any) -> float | None:
 
 def _item(ds: Dataset, group: str, keyword: str) -> Any:
     """``keyword`` from a functional-group item ``ds.<group>[0]`` or None."""
-    seq = ds.get(group)
+    seq = _get(ds, group)
     if not seq:
         return None
-    return seq[0].get(keyword)
+    return _get(seq[0], keyword)
 
 
 def _frame_attr(ds: Dataset, frame: Dataset | None, group: str, keyword: str) -> Any:
@@ -121,35 +151,56 @@ def _frame_attr(ds: Dataset, frame: Dataset | None, group: str, keyword: str) ->
         value = _item(frame, group, keyword)
         if value is not None:
             return value
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = _get(ds, "SharedFunctionalGroupsSequence")
     if shared:
         value = _item(shared[0], group, keyword)
         if value is not None:
             return value
-    return ds.get(keyword)
+    return _get(ds, keyword)
 
 
-def _rescale(raw: np.ndarray, ds: Dataset, frame: Dataset | None = None) -> tuple[np.ndarray, float, float]:
-    """Apply MONOCHROME1 inversion (on the stored range) and rescale slope/intercept to one frame/slice."""
-    slope = _first_float(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _first_float(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+#: Largest |value| a rescaled pixel may reach (float32 holds 3.4e38; beyond it values become inf).
+_MAX_RESCALED = 1e38
+
+
+def _rescale(
+    raw: np.ndarray, ds: Dataset, frame: Dataset | None = None, where: str = ""
+) -> tuple[np.ndarray, float, float]:
+    """Apply MONOCHROME1 inversion (on the stored range) and rescale slope/intercept to one frame/slice.
+
+    A non-finite slope/intercept, or one that sends stored values beyond float32, is an ImageReadError.
+    """
+    raw_slope = _frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+    raw_intercept = _frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+    for name, value in (("RescaleSlope", raw_slope), ("RescaleIntercept", raw_intercept)):
+        if value is not None and value != "" and _floats(value) is None:  # 'steep', or Garbled text
+            raise ImageReadError(where or "image", f"{name} is {str(value)[:40]!r}, not a number")
+    slope, intercept = _first_float(raw_slope), _first_float(raw_intercept)
     slope = 1.0 if slope is None else slope
     intercept = 0.0 if intercept is None else intercept
+    lo, hi = _stored_range(ds)
+    reach = max(abs(lo), abs(hi)) * abs(slope) + abs(intercept)
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or (raw.dtype.kind in "iu" and reach > _MAX_RESCALED):
+        raise ImageReadError(
+            where or "image",
+            f"RescaleSlope {slope} / RescaleIntercept {intercept} cannot be applied (not finite, or values "
+            "beyond the float range)",
+        )
     arr = raw
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" and arr.dtype.kind in "iu":
+    if str(_get(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1" and arr.dtype.kind in "iu":
         lo, hi = _stored_range(ds)
         arr = (lo + hi) - arr.astype(np.int64)
     if arr.dtype.kind == "f":
         return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)), slope, intercept
-    if slope.is_integer() and intercept.is_integer():
+    if slope.is_integer() and intercept.is_integer() and reach < 2**62:
         out = arr.astype(np.int64) * int(slope) + int(intercept)
         return _smallest_int(out), slope, intercept
     return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)), slope, intercept
 
 
 def _stored_range(ds: Dataset) -> tuple[int, int]:
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    if int(ds.get("PixelRepresentation", 0)) == 1:
+    bits = _num(ds, "BitsStored", _num(ds, "BitsAllocated", 16))
+    if _num(ds, "PixelRepresentation", 0) == 1:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
 
@@ -169,8 +220,8 @@ def _pixel_spacing(ds: Dataset, frame: Dataset | None = None) -> tuple[float, fl
     """(row spacing, column spacing) in mm, or None when absent or zero."""
     for value in (
         _frame_attr(ds, frame, "PixelMeasuresSequence", "PixelSpacing"),
-        ds.get("ImagerPixelSpacing"),
-        ds.get("NominalScannedPixelSpacing"),
+        _get(ds, "ImagerPixelSpacing"),
+        _get(ds, "NominalScannedPixelSpacing"),
     ):
         vals = _floats(value)
         if vals and len(vals) >= 2 and vals[0] > 0 and vals[1] > 0:
@@ -191,14 +242,14 @@ def _orientation(ds: Dataset, frame: Dataset | None = None) -> np.ndarray | None
     if not vals or len(vals) != 6:
         return None
     iop = np.asarray(vals, dtype=np.float64)
-    if np.linalg.norm(iop[:3]) < 1e-6 or np.linalg.norm(iop[3:]) < 1e-6:
-        return None
+    if not np.isfinite(iop).all() or np.linalg.norm(iop[:3]) < 1e-6 or np.linalg.norm(iop[3:]) < 1e-6:
+        return None  # (non-finite top-level values were refused by _check_geometry_values)
     return iop
 
 
 def _position(ds: Dataset, frame: Dataset | None = None) -> np.ndarray | None:
     vals = _floats(_frame_attr(ds, frame, "PlanePositionSequence", "ImagePositionPatient"))
-    if not vals or len(vals) != 3:
+    if not vals or len(vals) != 3 or not np.isfinite(vals).all():
         return None
     return np.asarray(vals, dtype=np.float64)
 
@@ -218,41 +269,41 @@ def _window(ds: Dataset, frame: Dataset | None) -> tuple[float | None, float | N
 
 def _meta(ds: Dataset, frame: Dataset | None = None) -> dict[str, Any]:
     meta_ts = getattr(ds, "file_meta", None)
-    ts = meta_ts.get("TransferSyntaxUID") if meta_ts is not None else None
+    ts = _get(meta_ts, "TransferSyntaxUID") if meta_ts is not None else None
     centre, width = _window(ds, frame)
     return {
-        "patient_id": _text(ds.get("PatientID")),
-        "study_uid": _text(ds.get("StudyInstanceUID")),
-        "series_uid": _text(ds.get("SeriesInstanceUID")),
-        "sop_instance_uid": _text(ds.get("SOPInstanceUID")),
-        "sop_class_uid": _text(ds.get("SOPClassUID")),
-        "frame_of_reference_uid": _text(ds.get("FrameOfReferenceUID")),
+        "patient_id": _text(_get(ds, "PatientID")),
+        "study_uid": _text(_get(ds, "StudyInstanceUID")),
+        "series_uid": _text(_get(ds, "SeriesInstanceUID")),
+        "sop_instance_uid": _text(_get(ds, "SOPInstanceUID")),
+        "sop_class_uid": _text(_get(ds, "SOPClassUID")),
+        "frame_of_reference_uid": _text(_get(ds, "FrameOfReferenceUID")),
         "transfer_syntax": _text(ts),
-        "photometric_interpretation": _text(ds.get("PhotometricInterpretation")),
+        "photometric_interpretation": _text(_get(ds, "PhotometricInterpretation")),
         "window_center": centre,
         "window_width": width,
-        "view_position": _text(ds.get("ViewPosition")),
-        "body_part": _text(ds.get("BodyPartExamined")),
-        "laterality": _text(ds.get("ImageLaterality") or ds.get("Laterality")),
-        "patient_position": _text(ds.get("PatientPosition")),
-        "study_date": _text(ds.get("StudyDate")),
-        "series_description": _text(ds.get("SeriesDescription")),
-        "series_number": _text(ds.get("SeriesNumber")),
+        "view_position": _text(_get(ds, "ViewPosition")),
+        "body_part": _text(_get(ds, "BodyPartExamined")),
+        "laterality": _text(_get(ds, "ImageLaterality") or _get(ds, "Laterality")),
+        "patient_position": _text(_get(ds, "PatientPosition")),
+        "study_date": _text(_get(ds, "StudyDate")),
+        "series_description": _text(_get(ds, "SeriesDescription")),
+        "series_number": _text(_get(ds, "SeriesNumber")),
         "slice_thickness": _first_float(_frame_attr(ds, frame, "PixelMeasuresSequence", "SliceThickness")),
-        "manufacturer": _text(ds.get("Manufacturer")),
-        "patient_sex": _text(ds.get("PatientSex")),
-        "patient_age": _text(ds.get("PatientAge")),
+        "manufacturer": _text(_get(ds, "Manufacturer")),
+        "patient_sex": _text(_get(ds, "PatientSex")),
+        "patient_age": _text(_get(ds, "PatientAge")),
     }
 
 
 def _finish_meta(meta: dict[str, Any], ds: Dataset, slope: float, intercept: float) -> dict[str, Any]:
     meta["rescale_slope"], meta["rescale_intercept"] = slope, intercept
-    meta["inverted"] = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    meta["inverted"] = str(_get(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     if meta["inverted"] and meta.get("window_center") is not None:
         # window centre is in rescaled units; mirror it like the values: y' = s*(lo+hi) + 2b - y
         lo, hi = _stored_range(ds)
         meta["window_center"] = slope * (lo + hi) + 2 * intercept - meta["window_center"]
-    if int(ds.get("SamplesPerPixel", 1)) > 1 or meta.get("photometric_interpretation") == "PALETTE COLOR":
+    if _num(ds, "SamplesPerPixel", 1) > 1 or meta.get("photometric_interpretation") == "PALETTE COLOR":
         meta["color_converted"] = f"{meta.get('photometric_interpretation')} -> grayscale (ITU-R 601 luma)"
     return meta
 
@@ -308,29 +359,53 @@ def image_from_datasets(
     source: str,
     sources: list[str] | None = None,
     slice_gap_tolerance: float = DEFAULT_SLICE_GAP_TOLERANCE,
+    limits: ImageLimits | None = None,
 ) -> Image:
     """Build an :class:`Image` from decoded pydicom datasets of ONE series (files or WADO-RS).
 
     One dataset: single- or multi-frame. Several: single-frame slices that are sorted along the
     normal and checked for consistent spacing: a gap may differ from the median gap by
     ``slice_gap_tolerance`` (relative) + 0.001 mm. ``sources`` names each dataset in error messages.
+    Before any pixel is decoded, every dataset's pixel description and claimed size are checked
+    (:func:`cds.images.dicom_header.check_pixel_header`) against ``limits`` (default:
+    :func:`cds.images.limits.image_limits`), and their sum against the series budget.
     """
     if not datasets:
         raise ImageReadError(source, "no DICOM instances")
     if not 0.0 <= slice_gap_tolerance < 1.0:
         raise ParameterError("slice_gap_tolerance", f"must be in [0, 1), got {slice_gap_tolerance}")
+    limits = limits or image_limits()
     sources = sources or [f"{source} (instance {i + 1})" for i in range(len(datasets))]
+    claimed = 0
+    for ds, where in zip(datasets, sources, strict=True):
+        if not any(k in ds for k in PIXEL_KEYWORDS):
+            _check_pixels(ds, where)  # raises: no pixel data
+        claimed += check_pixel_header(ds, where, limits)
+        _check_geometry_values(ds, where)
     if len(datasets) == 1:
         return _single(datasets[0], source, sources[0])
+    limits.check_series(source, len(datasets), claimed)
     return _series(datasets, source, sources, slice_gap_tolerance)
+
+
+_GEOMETRY_KEYWORDS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "ImagerPixelSpacing",
+                      "SliceThickness", "SpacingBetweenSlices")  # fmt: skip
+
+
+def _check_geometry_values(ds: Dataset, where: str) -> None:
+    """Refuse geometry attributes holding NaN/inf (a corrupt header); implausible but finite ones are kept."""
+    for keyword in _GEOMETRY_KEYWORDS:
+        vals = _floats(_get(ds, keyword))
+        if vals and not all(np.isfinite(vals)):
+            raise ImageReadError(where, f"{keyword} holds a non-finite value ({vals}); the header is corrupt")
 
 
 def _single(ds: Dataset, source: str, where: str) -> Image:
     raw = _decode(ds, where)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    frames = _num(ds, "NumberOfFrames", 1)
+    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
     meta = _meta(ds, per_frame[0] if per_frame else None)
-    modality = _text(ds.get("Modality"))
+    modality = _text(_get(ds, "Modality"))
     if frames > 1 or raw.ndim == 3:
         if raw.ndim == 2:
             raw = raw[None]
@@ -339,7 +414,7 @@ def _single(ds: Dataset, source: str, where: str) -> Image:
         )
         values, slopes = [], []
         for k in range(raw.shape[0]):
-            v, s, b = _rescale(raw[k], ds, items[k])
+            v, s, b = _rescale(raw[k], ds, items[k], where)
             values.append(v)
             slopes.append((s, b))
         arr = _stack_values(values)
@@ -394,7 +469,7 @@ def _single(ds: Dataset, source: str, where: str) -> Image:
             meta,
             source,
         )
-    arr, slope, intercept = _rescale(raw, ds)
+    arr, slope, intercept = _rescale(raw, ds, where=where)
     meta = _finish_meta(meta, ds, slope, intercept)
     spacing2 = _pixel_spacing(ds)
     meta["spacing_known"] = spacing2 is not None
@@ -419,7 +494,7 @@ def _series(datasets: list[Dataset], source: str, sources: list[str], tolerance:
     first = datasets[0]
     n = len(datasets)
     for ds, where in zip(datasets, sources, strict=True):
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if _num(ds, "NumberOfFrames", 1) > 1:
             raise ImageReadError(
                 where, "a multi-frame instance inside a multi-instance series; read the files one by one"
             )
@@ -438,10 +513,10 @@ def _series(datasets: list[Dataset], source: str, sources: list[str], tolerance:
                 where,
                 f"ImageOrientationPatient {iop.tolist()} differs from the first slice's {iops[0].tolist()}",
             )
-        if (ds.get("Rows"), ds.get("Columns")) != (first.get("Rows"), first.get("Columns")):
+        if (_get(ds, "Rows"), _get(ds, "Columns")) != (_get(first, "Rows"), _get(first, "Columns")):
             raise ImageReadError(
                 where,
-                f"size {ds.get('Rows')}x{ds.get('Columns')} differs from {first.get('Rows')}x{first.get('Columns')}",
+                f"size {_get(ds, 'Rows')}x{_get(ds, 'Columns')} differs from {_get(first, 'Rows')}x{_get(first, 'Columns')}",
             )
         a, b = _pixel_spacing(ds), _pixel_spacing(first)
         if (a is None) != (b is None) or (a and b and not np.allclose(a, b, rtol=1e-4)):
@@ -451,7 +526,7 @@ def _series(datasets: list[Dataset], source: str, sources: list[str], tolerance:
     )
     values, rescales = [], []
     for i in order:
-        v, s, b = _rescale(_decode(datasets[i], sources[i]), datasets[i])
+        v, s, b = _rescale(_decode(datasets[i], sources[i]), datasets[i], where=sources[i])
         values.append(v)
         rescales.append((s, b))
     arr = _stack_values(values)
@@ -462,7 +537,7 @@ def _series(datasets: list[Dataset], source: str, sources: list[str], tolerance:
         patient_frame=True,
         axis0="space",
         spacing_known=spacing2 is not None,
-        sop_instance_uids=[_text(datasets[i].get("SOPInstanceUID")) for i in order],
+        sop_instance_uids=[_text(_get(datasets[i], "SOPInstanceUID")) for i in order],
         files=[sources[i] for i in order],
         rescale_varies=len(set(rescales)) > 1,
     )
@@ -472,7 +547,7 @@ def _series(datasets: list[Dataset], source: str, sources: list[str], tolerance:
         (step, *sp),
         tuple(float(x) for x in origin),
         direction,
-        _text(first.get("Modality")),
+        _text(_get(first, "Modality")),
         meta,
         source,
     )

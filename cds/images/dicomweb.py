@@ -27,6 +27,7 @@ from cds.errors import ImageReadError, ParameterError
 from cds.images.dicom import check_identity, read_dataset
 from cds.images.dicom_image import DEFAULT_SLICE_GAP_TOLERANCE, image_from_datasets
 from cds.images.image import Image
+from cds.images.limits import ImageLimits
 
 __all__ = ["DicomWebError", "DicomWebSource"]
 
@@ -318,19 +319,24 @@ class DicomWebSource:
         modality: str | None = None,
         reject_secondary_capture: bool = False,
         slice_gap_tolerance: float = DEFAULT_SLICE_GAP_TOLERANCE,
+        limits: ImageLimits | None = None,
     ) -> Image:
         """WADO-RS retrieve + the same geometry code as DICOM files (:func:`cds.images.dicom_image.image_from_datasets`).
 
         Every instance must belong to ``series_uid`` and (when given) have Modality ``modality``
         (:func:`cds.images.dicom.check_identity`), else a
-        :class:`~cds.images.dicom.SeriesMismatchError` names the instance URL and both values.
+        :class:`~cds.images.dicom.SeriesMismatchError` names the instance URL and both values. Each
+        instance's pixel description and claimed size are checked against ``limits`` (default
+        :func:`cds.images.limits.image_limits`) before anything is decoded.
         """
         url = self.series_url(study_uid, series_uid)
         datasets = self.retrieve_series(study_uid, series_uid)
         sources = [f"{url}/instances/{ds.get('SOPInstanceUID', i)}" for i, ds in enumerate(datasets)]
         for ds, where in zip(datasets, sources, strict=True):
             check_identity(ds, where, series_uid, modality, reject_secondary_capture)
-        return image_from_datasets(datasets, source=url, sources=sources, slice_gap_tolerance=slice_gap_tolerance)
+        return image_from_datasets(
+            datasets, source=url, sources=sources, slice_gap_tolerance=slice_gap_tolerance, limits=limits
+        )
 
     def retrieve_frames(
         self, study_uid: str, series_uid: str, sop_instance_uid: str, frame_numbers: Sequence[int] = (1,)
@@ -414,20 +420,27 @@ def _frame_array(meta: Dataset, payload: bytes, where: str) -> np.ndarray:
         bits = int(meta.BitsAllocated)
         samples = int(meta.get("SamplesPerPixel", 1))
         signed = int(meta.get("PixelRepresentation", 0)) == 1
-    except (AttributeError, TypeError, ValueError) as exc:
+        planar = int(meta.get("PlanarConfiguration", 0) or 0)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         raise DicomWebError(where, f"instance metadata lacks the pixel description ({exc})") from None
+    if rows < 1 or cols < 1 or samples not in (1, 3) or bits not in (1, 8, 16, 32):
+        raise DicomWebError(
+            where, f"instance metadata describes no usable frame: Rows {rows}, Columns {cols}, "
+            f"SamplesPerPixel {samples}, BitsAllocated {bits}",
+        )
     count = rows * cols * samples
+    need = (count + 7) // 8 if bits == 1 else count * bits // 8
+    if len(payload) < need:
+        raise DicomWebError(where, f"frame has {len(payload)} bytes, expected {need}")
     if bits == 1:
-        arr = np.unpackbits(np.frombuffer(payload, np.uint8), bitorder="little")[:count]
+        arr = np.unpackbits(np.frombuffer(payload, np.uint8, count=need), bitorder="little")[:count]
     else:
-        dtype = np.dtype({8: "u1", 16: "u2", 32: "u4"}.get(bits, "u2")).newbyteorder("<")
+        dtype = np.dtype({8: "u1", 16: "u2", 32: "u4"}[bits]).newbyteorder("<")
         if signed:
             dtype = np.dtype(dtype.str.replace("u", "i"))
-        if len(payload) < count * dtype.itemsize:
-            raise DicomWebError(where, f"frame has {len(payload)} bytes, expected {count * dtype.itemsize}")
         arr = np.frombuffer(payload, dtype, count=count)
     shape = (rows, cols, samples) if samples > 1 else (rows, cols)
-    if int(meta.get("PlanarConfiguration", 0)) == 1 and samples > 1:
+    if planar == 1 and samples > 1:
         return arr.reshape(samples, rows, cols).transpose(1, 2, 0).copy()
     return arr.reshape(shape).copy()
 

@@ -14,12 +14,14 @@ axis 0 is the slice axis like DICOM volumes. ``write_nifti(read_nifti(f))`` repr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from cds.errors import ImageReadError, ParameterError
 from cds.images.image import Image
+from cds.images.limits import ImageLimits, check_file, content_kind, image_limits, read_head
 
 __all__ = ["read_nifti", "write_nifti", "NIFTI_SUFFIXES"]
 
@@ -28,22 +30,47 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def read_nifti(path: str | Path) -> Image:
+def read_nifti(path: str | Path, *, limits: ImageLimits | None = None) -> Image:
     """Read a 2D/3D NIfTI file; its RAS affine is converted to LPS and its axes reversed to (k, j, i).
 
     NIfTI stores the fastest axis first (i = columns); the array here is ``data.T`` so that axis 0 is the
     slice axis like DICOM volumes, and ``write_nifti(read_nifti(f))`` reproduces the file's geometry.
+
+    Before the voxels are read, the header is checked: positive dimensions, a real-valued data type,
+    a finite affine, the claimed size within ``limits`` (:func:`cds.images.limits.image_limits`) and,
+    for an uncompressed file, data that the file really holds. Each failure is an
+    :class:`~cds.errors.ImageReadError` naming the file.
     """
     import nibabel as nib
 
     path = Path(path)
+    where = str(path)
+    limits = limits or image_limits()
+    st = check_file(path, limits.root)
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        header = img.header
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
         affine = np.asarray(img.affine, dtype=np.float64)
-        codes = (int(img.header["sform_code"]), int(img.header["qform_code"]))
+        codes = (int(header["sform_code"]), int(header["qform_code"]))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise ImageReadError(str(path), f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        kind = content_kind(read_head(path))
+        what = f"; the content is {kind}" if kind and not kind.startswith(("NIfTI", "gzip")) else ""
+        raise ImageReadError(where, f"not a readable NIfTI file ({type(exc).__name__}: {exc}){what}") from None
+    _check_header(where, shape, dtype, affine, limits)
+    if not path.name.lower().endswith(".gz"):
+        offset = float(getattr(img.dataobj, "offset", header["vox_offset"]))
+        need = (int(offset) if np.isfinite(offset) else 2**63) + math.prod(shape) * dtype.itemsize
+        if st.st_size < need:
+            raise ImageReadError(
+                where, f"truncated NIfTI file: the header claims {need} bytes (shape {shape}, {dtype}), "
+                f"the file has {st.st_size}",
+            )
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt (gzip) data
+        raise ImageReadError(where, f"NIfTI voxel data cannot be read ({type(exc).__name__}: {exc})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -72,6 +99,25 @@ def read_nifti(path: str | Path) -> Image:
         meta,
         str(path),
     )
+
+
+def _check_header(where: str, shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray, limits: ImageLimits) -> None:
+    """Refuse a NIfTI header with non-positive dimensions, a non-real data type, a non-finite affine or a
+    claimed size over the budget."""
+    if not shape or any(n < 1 for n in shape):
+        raise ImageReadError(where, f"NIfTI header dimensions {list(shape)} are not all positive")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ImageReadError(
+            where, f"NIfTI data type {dtype} is not supported (real-valued grey levels only: no complex or RGB)"
+        )
+    if not np.isfinite(affine).all():
+        raise ImageReadError(where, "NIfTI affine (sform/qform) holds non-finite values; the header is corrupt")
+    squeezed = list(shape)
+    while len(squeezed) > 3 and squeezed[-1] == 1:
+        squeezed.pop()
+    if len(squeezed) > 3:
+        raise ImageReadError(where, f"{len(squeezed)}D NIfTI (shape {shape}) is not supported; expected 3D")
+    limits.check_object(where, tuple(squeezed), dtype.itemsize, f" ({dtype})", unit="slices")
 
 
 def write_nifti(image: Image, path: str | Path) -> Path:

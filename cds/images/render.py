@@ -58,6 +58,8 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 STATE_COLOURS: dict[str, tuple[int, int, int]] = {
     "positive": (220, 50, 47), "indeterminate": (230, 160, 0), "measured": (38, 139, 210),
     "negative": (60, 160, 60), "no-ai": (140, 140, 140),
+    # the non-answers (cds.review.worklist.REFUSAL_STATES), as cds.explorer.widgets.theme.STATE_VARS' fallbacks
+    "record-mismatch": (183, 28, 28), "input-rejected": (230, 81, 0), "outside-intended-use": (0, 96, 100),
 }
 OverlayKind = Literal["box", "point", "mask", "heatmap"]
 
@@ -87,6 +89,8 @@ def apply_window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
     Integer images of up to 16 bits go through a lookup table (one table per window, cached), which
     is several times faster than float arithmetic on large images.
     """
+    if not (np.isfinite(center) and np.isfinite(width)):
+        raise ParameterError("window", f"centre and width must be finite numbers, got ({center}, {width})")
     width = max(float(width), 1e-6)
     lo = float(center) - width / 2.0
     a = np.asarray(arr)
@@ -133,7 +137,7 @@ def window_presets(image: Any) -> dict[str, tuple[float, float]]:
     meta = getattr(image, "meta", {}) or {}
     presets: dict[str, tuple[float, float]] = {}
     dicom = None
-    if meta.get("window_center") is not None and meta.get("window_width"):
+    if _usable_window(meta.get("window_center"), meta.get("window_width")):
         dicom = (float(meta["window_center"]), float(meta["window_width"]))
     if modality == "CT":
         presets.update(CT_PRESETS)
@@ -148,7 +152,8 @@ def window_presets(image: Any) -> dict[str, tuple[float, float]]:
     presets["auto"] = _percentile_window(arr, 1.0, 99.0)
     finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    presets["full"] = ((lo + hi) / 2.0, max(hi - lo, 1.0))
+    full = ((lo + hi) / 2.0, max(hi - lo, 1.0))
+    presets["full"] = full if _usable_window(*full) else presets["auto"]  # values near the float range
     return presets
 
 
@@ -163,7 +168,20 @@ def default_preset(image: Any) -> str:
     first = {"CT": "lung", "MG": "mammo", "CR": "cxr", "DX": "cxr"}.get(modality)
     if first:
         return first
-    return "dicom" if meta.get("window_center") is not None and meta.get("window_width") else "auto"
+    return "dicom" if _usable_window(meta.get("window_center"), meta.get("window_width")) else "auto"
+
+
+def _usable_window(center: Any, width: Any) -> bool:
+    """A recorded DICOM window worth offering: a finite centre and a finite positive width.
+
+    >>> _usable_window(40.0, 400.0), _usable_window(float("nan"), 400.0), _usable_window(40.0, 0.0)
+    (True, False, False)
+    """
+    try:
+        c, w = float(center), float(width)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(c) and np.isfinite(w) and w > 0)
 
 
 # --------------------------------------------------------------------------------------- geometry
