@@ -31,10 +31,18 @@ def _check(source: str, findings: list[Finding]) -> None:
 def test_chest_radiograph_models(radiograph, tmp_path: Path) -> None:
     from cds.models.registry import ModelRegistry
 
+    from cds.images.read import read_image
+    from cds.models.vouch import StudyFacts
+    from tests.paediatric import write_paediatric_cohort
+
     reg = ModelRegistry(user_dirs=[])
-    ehr = {"pneumonia": {}, "cxr-cardiomegaly": {"age": 70.0, "sex": "male"}, "cxr-icu": {}}
+    ehr = {"cxr-cardiomegaly": {"age": 70.0, "sex": "male"}, "cxr-icu": {}}
     for model_id, values in ehr.items():
         _check(model_id, reg.run_image(model_id, radiograph, values, artifacts_dir=tmp_path))
+    # the paediatric demo model, on a child's radiograph (an adult's is outside its intended use)
+    child = read_image(write_paediatric_cohort(tmp_path / "children", n=1) / "png" / "child-1.png")
+    _check("pneumonia", reg.run_image("pneumonia", child, {}, artifacts_dir=tmp_path,
+                                      facts=StudyFacts("", age_years=3.0), check_identity=False))
     assert any("heatmap" in f.extra for f in PRODUCED["pneumonia"] + PRODUCED["cxr-cardiomegaly"])
 
 

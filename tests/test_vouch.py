@@ -320,3 +320,18 @@ def test_no_model_card_names_a_patient_of_the_sample_cohort() -> None:
     for card in bundles.glob("*/configs/metadata.json"):
         text = card.read_text()
         assert not [i for i in ids if i in text], card
+
+
+def test_a_file_swapped_for_a_link_out_of_the_cohort_after_loading_is_not_read(registry: ModelRegistry,
+                                                                              tmp_path: Path) -> None:
+    root = _cohort_copy(tmp_path)
+    cohort = cds.load_cohort(root, reference_date="2026-01-01")
+    target = _files(root)[0]
+    outside = tmp_path / "elsewhere.dcm"
+    shutil.copy(target, outside)
+    target.unlink()
+    target.symlink_to(outside)
+    result = registry.run("cxr-icu", cohort)
+    fail = _failure_for(result, target)
+    assert fail.error == "ImageReadError" and "outside the cohort root" in fail.message
+    assert len(result.findings) == len(cohort.imaging.dropna(subset=["pixel_location"])) - 1

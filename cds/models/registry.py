@@ -268,7 +268,7 @@ class ModelRegistry:
                     facts = facts_for(r, getattr(cohort, "patients", None), id_map, _age_at(cohort, r))
                     check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                     ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
-                    image = _read_series(r, read_image)
+                    image = _read_series(r, read_image, getattr(cohort, "pixel_access", None))
                     found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir,
                                            facts=facts)
                 result.findings.extend(with_study_context(found, r, ehr))
@@ -332,11 +332,21 @@ class ModelRegistry:
         return findings
 
 
-def _read_series(row: Any, read_image: Any) -> Any:
+def _read_series(row: Any, read_image: Any, access: Any = None) -> Any:
     """The pixels of a ``cohort.imaging`` row. A folder or DICOMweb location may hold several series: the
     row's series (and modality) is the one read. A single file holds one: it is read as it is, so that
-    :func:`cds.models.vouch.check_record` compares all of its identity (patient first) with the record."""
+    :func:`cds.models.vouch.check_record` compares all of its identity (patient first) with the record.
+
+    With the cohort's ``access`` policy (:class:`cds.sources.pixel_access.PixelAccess`) the location is
+    checked again just before it is opened (a file swapped for a link out of the cohort root since loading
+    is refused)."""
+    from cds.errors import ImageReadError
+
     loc = str(row.pixel_location)
+    if access is not None and getattr(access, "roots", None):
+        resolved, why = access.resolve(loc, "")
+        if resolved is None:
+            raise ImageReadError(loc, f"not read: {why}")
     if not loc.startswith(("http://", "https://")) and Path(loc).is_file():
         return read_image(loc)
     return read_image(loc, series_uid=row.series_uid, modality=row.modality)
