@@ -29,9 +29,8 @@ def _check(source: str, findings: list[Finding]) -> None:
 
 
 def test_chest_radiograph_models(radiograph, tmp_path: Path) -> None:
-    from cds.models.registry import ModelRegistry
-
     from cds.images.read import read_image
+    from cds.models.registry import ModelRegistry
     from cds.models.vouch import StudyFacts
     from tests.paediatric import write_paediatric_cohort
 
