@@ -669,3 +669,25 @@ def test_viewer_windows_ignore_a_corrupt_dicom_window() -> None:
     assert default_preset(Image(arr, (1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), "OT", dict(img.meta))) == "auto"
     with pytest.raises(WindowError, match="finite"):
         apply_window(arr, float("nan"), 10.0)
+
+
+def test_cine_readers_refuse_a_fifo_and_a_huge_claim_before_reading(tmp_path: Path) -> None:
+    """cmr-function's cine reader (its own NIfTI / DICOM-folder paths) is under the same rules."""
+    import os
+
+    import nibabel as nib
+
+    from cds.models.cine import read_cine
+
+    fifo = tmp_path / "cine.nii"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="cine.nii"):
+        read_cine(fifo)
+    huge = tmp_path / "huge.nii"
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((4096, 4096, 64, 64))
+    hdr.set_data_dtype(np.int16)
+    with open(huge, "wb") as fh:
+        fh.write(hdr.binaryblock + b"\0" * 4)
+    with pytest.raises(ImageReadError, match="claimed together; the limit is"):
+        read_cine(huge)

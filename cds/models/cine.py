@@ -60,9 +60,20 @@ def _nifti_cine(path: Path) -> Any:
     import nibabel as nib
 
     from cds.images.image import Image
+    from cds.images.limits import check_file, image_limits
 
+    check_file(path)  # a regular file: no FIFO or device behind the name
+    limits = image_limits()
     try:
         img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.header.get_data_shape())
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise ImageReadError(str(path), f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if any(n < 1 for n in shape):
+        raise ImageReadError(str(path), f"NIfTI header claims an empty or negative shape {shape}")
+    # the decoded float32 cine, checked from the header before any voxel is read
+    limits.check_series(str(path), 1, int(np.prod([float(n) for n in shape])) * 4)
+    try:
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
         zooms = tuple(float(z) for z in img.header.get_zooms())
@@ -95,18 +106,24 @@ def _floats(v: Any, n: int, where: str, keyword: str) -> np.ndarray:
 
 
 def _dicom_cine(folder: Path, series_uid: str | None) -> Any:
-    import pydicom
 
+    from cds.images.dicom import read_dataset
+    from cds.images.dicom_header import check_pixel_header
     from cds.images.image import Image
+    from cds.images.limits import image_limits
 
+    limits = image_limits(root=folder)
     items = []
-    for f in sorted(q for q in folder.rglob("*") if q.is_file()):
+    claimed = 0
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and not q.is_symlink()):
         try:
-            ds = pydicom.dcmread(str(f))
-        except Exception:  # noqa: BLE001, S112 - not DICOM: skipped, like other readers
+            ds = read_dataset(f, limits=limits)
+        except ImageReadError:  # not DICOM (or not a regular file under the folder): skipped, like other readers
             continue
         if "PixelData" not in ds:
             continue
+        claimed += check_pixel_header(ds, str(f), limits)  # budget and pixel description, before decoding
+        limits.check_series(str(folder), len(items) + 1, claimed)
         items.append((f, ds))
     if not items:
         raise ImageReadError(str(folder), "holds no DICOM images")
