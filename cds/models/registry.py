@@ -340,13 +340,9 @@ def _read_series(row: Any, read_image: Any, access: Any = None) -> Any:
     With the cohort's ``access`` policy (:class:`cds.sources.pixel_access.PixelAccess`) the location is
     checked again just before it is opened (a file swapped for a link out of the cohort root since loading
     is refused)."""
-    from cds.errors import ImageReadError
-
     loc = str(row.pixel_location)
-    if access is not None and getattr(access, "roots", None):
-        resolved, why = access.resolve(loc, "")
-        if resolved is None:
-            raise ImageReadError(loc, f"not read: {why}")
+    if access is not None:
+        access.require(loc)
     if not loc.startswith(("http://", "https://")) and Path(loc).is_file():
         return read_image(loc)
     return read_image(loc, series_uid=row.series_uid, modality=row.modality)

@@ -155,6 +155,19 @@ class PixelAccess:
             return None, f"{scheme}: locations are not read (only files under the cohort root or DICOMweb URLs)"
         return self.local(location, bundle_source)
 
+    def require(self, location: str) -> str:
+        """``location`` checked again just before it is opened (a file swapped for a link out of the roots
+        since loading is refused): the resolved location, or :class:`cds.errors.ImageReadError` naming it.
+        A policy without roots (a cohort not loaded from files) checks nothing."""
+        if not self.roots:
+            return location
+        resolved, why = self.resolve(location, "")
+        if resolved is None:
+            from cds.errors import ImageReadError
+
+            raise ImageReadError(location, f"not read: {why}")
+        return location
+
     def local(self, path: str, bundle_source: str) -> tuple[str | None, str | None]:
         """A local path, resolved (links too) and checked against the roots and the file type."""
         p = Path(path)

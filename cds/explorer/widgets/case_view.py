@@ -251,12 +251,8 @@ class CaseView(StaticFallback, W.VBox):
             self._images.move_to_end(key)
             return self._images[key]
         access = getattr(self.cohort, "pixel_access", None)
-        if access is not None and getattr(access, "roots", None):
-            resolved, why = access.resolve(key, "")  # checked again just before opening (cds.sources.pixel_access)
-            if resolved is None:
-                from cds.errors import ImageReadError
-
-                raise ImageReadError(key, f"not read: {why}")
+        if access is not None:
+            access.require(key)  # checked again just before opening
         image = read_image(key)
         self._images[key] = image
         while len(self._images) > self._image_cache:
