@@ -213,18 +213,6 @@ def _page_html(theme: str, body: str) -> str:
             f"{STYLE}</head><body data-jp-theme-light='{str(theme == 'light').lower()}'>{body}</body></html>")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    from tests.test_browser import ARGS, CHROMIUM
-
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make apt) to run the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser: Any, tmp_path: Path, theme: str, scale: int = 1) -> Any:

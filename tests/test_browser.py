@@ -49,26 +49,6 @@ IMG_FINGERPRINT = """async (img) => {
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        msg = f"{CHROMIUM} is missing: install Debian's chromium (make apt) to run the browser tests"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(chromium), args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def case(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Real cxr-icu findings (registry run: the model meant for these adults' radiographs with labs) for three
     Hannover patients; the patient the test picks."""

@@ -101,18 +101,6 @@ def test_report_html_references_nothing_outside(report_html: Path) -> None:
     _check_static(report_html.read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    from tests.test_browser import ARGS, CHROMIUM
-
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make apt) to run the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def _open_recording(browser: Any, url: str) -> list[str]:
