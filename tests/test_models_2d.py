@@ -292,7 +292,7 @@ def test_icu_evaluates_an_unseen_folder_with_the_shipped_models(shared_data: Pat
     r = cxr_icu.evaluate(folder, n_boot=100)
     _check_schema(r, "cxr-icu")
     assert r["split"] == "all"
-    assert r["n_cases"] == int((cohort["excluded"] == "").sum()) == len(cohort) - len(info["excluded"]["icu_before_first_radiograph"])
+    assert r["n_cases"] == int((cohort["excluded"] == "").sum()) == len(cohort) - info["excluded"]["icu_before_first_radiograph"]
     assert {"image_only", "labs_only", "later_icu_only", "projection_ap_only"} <= set(r["comparisons"])
     card = load_bundle(cxr_icu.default_bundle_dir()).card
     assert card["performance"]["split"] == "cv"
