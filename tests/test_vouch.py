@@ -59,6 +59,14 @@ def _files(root: Path, pid: str = PATIENT) -> list[Path]:
     return sorted((root / "dicom" / "hannover" / pid).glob("*.dcm"))
 
 
+def _edit_dicom(path: Path, **attrs: object) -> None:
+    """Set DICOM attributes of one file in place (the hostile change a test makes)."""
+    ds = pydicom.dcmread(path)
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    ds.save_as(path)
+
+
 def _run(registry: ModelRegistry, root: Path, model: str = "cxr-icu") -> tuple[cds.Cohort, object]:
     cohort = cds.load_cohort(root, reference_date="2026-01-01")
     return cohort, registry.run(model, cohort)
@@ -99,9 +107,7 @@ def test_only_the_patient_id_rewritten_is_refused_and_an_id_map_accepts_it(regis
                                                                            tmp_path: Path) -> None:
     root = _cohort_copy(tmp_path)
     target = _files(root)[0]
-    ds = pydicom.dcmread(target)
-    ds.PatientID = "ANON-0001"
-    ds.save_as(target)
+    _edit_dicom(target, PatientID="ANON-0001")
     _, result = _run(registry, root)
     assert _failure_for(result, target).state == "record-mismatch"
     # the documented tolerance for de-identified sources: a mapping table in the cohort folder
@@ -118,9 +124,7 @@ def test_study_or_instance_uid_that_differs_from_the_record_is_refused(registry:
                                                                        attr: str, value: str, word: str) -> None:
     root = _cohort_copy(tmp_path)
     target = _files(root)[0]
-    ds = pydicom.dcmread(target)
-    setattr(ds, attr, value)
-    ds.save_as(target)
+    _edit_dicom(target, **{attr: value})
     _, result = _run(registry, root)
     fail = _failure_for(result, target)
     assert fail.state == "record-mismatch" and word in fail.message
@@ -129,9 +133,7 @@ def test_study_or_instance_uid_that_differs_from_the_record_is_refused(registry:
 def test_a_ct_slice_in_a_cr_study_is_refused_as_record_mismatch(registry: ModelRegistry, tmp_path: Path) -> None:
     root = _cohort_copy(tmp_path)
     target = _files(root)[0]
-    ds = pydicom.dcmread(target)
-    ds.Modality = "CT"
-    ds.save_as(target)
+    _edit_dicom(target, Modality="CT")
     _, result = _run(registry, root)
     fail = _failure_for(result, target)
     assert fail.state == "record-mismatch" and "CT" in fail.message
@@ -140,9 +142,7 @@ def test_a_ct_slice_in_a_cr_study_is_refused_as_record_mismatch(registry: ModelR
 def test_a_blank_image_is_rejected_by_the_quality_gate(registry: ModelRegistry, tmp_path: Path) -> None:
     root = _cohort_copy(tmp_path)
     target = _files(root)[0]
-    ds = pydicom.dcmread(target)
-    ds.RescaleSlope, ds.RescaleIntercept = 0, 0
-    ds.save_as(target)
+    _edit_dicom(target, RescaleSlope=0, RescaleIntercept=0)
     _, result = _run(registry, root)
     fail = _failure_for(result, target)
     assert fail.state == "input-rejected" and "blank" in fail.message
