@@ -217,6 +217,7 @@ class ModelRegistry:
         ['cxr-cardiomegaly', 'cxr-icu']
         """
         imaging = cohort.imaging
+        births = _birth_dates(cohort)
         chosen = []
         for mid in self.ids():
             card = self._bundles[mid].model_card
@@ -224,7 +225,7 @@ class ModelRegistry:
                 continue
             for r in self._eligible(self._bundles[mid], imaging).itertuples(index=False):
                 try:
-                    check_intended_use(card, None, facts_for(r, age_years=_age_at(cohort, r)))
+                    check_intended_use(card, None, facts_for(r, age_years=_age_at(births, r)))
                     ehr_inputs_for(card, cohort, r.patient_id, r.started)  # a required EHR input the cohort lacks
                 except ModelInputError:
                     continue
@@ -254,6 +255,7 @@ class ModelRegistry:
         rows = self._eligible(b, cohort.imaging if studies is None else studies)
         root = _cohort_root(cohort)
         id_map = read_id_map(root)
+        births = _birth_dates(cohort)
         result = RunResult()
         it = rows.itertuples(index=False)
         if progress:
@@ -265,7 +267,7 @@ class ModelRegistry:
                 with _deadline(limit, f"study {r.study_uid}"):
                     if not isinstance(r.pixel_location, str) or not r.pixel_location:
                         raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                    facts = facts_for(r, getattr(cohort, "patients", None), id_map, _age_at(cohort, r))
+                    facts = facts_for(r, getattr(cohort, "patients", None), id_map, _age_at(births, r))
                     check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                     ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
                     image = _read_series(r, read_image, getattr(cohort, "pixel_access", None))
@@ -370,18 +372,23 @@ def _failure(row: Any, model_id: str, version: str | None, exc: BaseException, s
                    study_started=None if started is None or pd.isna(started) else pd.Timestamp(started).isoformat())
 
 
-def _age_at(cohort: Any, row: Any) -> float | None:
+def _birth_dates(cohort: Any) -> dict[str, Any]:
+    """Patient id -> birth date of the cohort's patients (read once per run, not once per study)."""
+    patients = getattr(cohort, "patients", None)
+    if patients is None or not len(patients) or "birth_date" not in patients.columns:
+        return {}
+    return dict(zip(patients["patient_id"].astype(str), patients["birth_date"], strict=True))
+
+
+def _age_at(births: dict[str, Any], row: Any) -> float | None:
     """The patient's age in years at the study's start (None when birth date or start is unknown)."""
     from cds.sources.tables import age_years
 
-    patients = getattr(cohort, "patients", None)
-    if patients is None or not len(patients) or "birth_date" not in patients.columns:
-        return None
-    hit = patients.loc[patients["patient_id"] == row.patient_id, "birth_date"]
+    born = births.get(str(row.patient_id))
     started = getattr(row, "started", None)
-    if not len(hit) or started is None or pd.isna(started) or pd.isna(hit.iloc[0]):
+    if born is None or started is None or pd.isna(started) or pd.isna(born):
         return None
-    age = age_years(hit.iloc[0], started)
+    age = age_years(born, started)
     return None if age is None or pd.isna(age) or age < 0 else float(age)
 
 
