@@ -267,7 +267,7 @@ class ModelRegistry:
                 with _deadline(limit, f"study {r.study_uid}"):
                     if not isinstance(r.pixel_location, str) or not r.pixel_location:
                         raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                    facts = facts_for(r, getattr(cohort, "patients", None), id_map, _age_at(births, r))
+                    facts = facts_for(r, id_map, _age_at(births, r))
                     check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                     ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
                     image = _read_series(r, read_image, getattr(cohort, "pixel_access", None))

@@ -6,7 +6,7 @@ the registry asks three questions, each with its own "no answer" state (:data:`c
 1. **Is this the record's image?** (:func:`check_record`, state ``record-mismatch``) The file's DICOM
    PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and Modality are compared with the
    ImagingStudy that points at it. Tolerance for de-identified sources whose ids were rewritten: a
-   PatientID is also accepted when it is one of the FHIR Patient's identifier values, or when the
+   PatientID is also accepted when it is one of ``StudyFacts.patient_identifiers`` (a caller's), or when the
    cohort's id map (``dicom_id_map.csv`` in the cohort folder: columns ``dicom_patient_id``,
    ``patient_id``) maps it to the record's patient. Formats that record no identity (PNG, NIfTI) are
    accepted on their path alone, with a warning carried on the Finding; a file the ImagingStudy names
@@ -35,7 +35,7 @@ cds.errors.InputQualityError: blank.dcm: blank image: every pixel is 0
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -411,15 +411,10 @@ def profile_distance(profile: Mapping[str, Any], features: Mapping[str, float]) 
     return worst, name
 
 
-def facts_for(row: Any, patients: Any = None, id_map: Mapping[str, str] | None = None,
-              age_years: float | None = None) -> StudyFacts:
-    """The :class:`StudyFacts` of a ``cohort.imaging`` row (``patients`` may give identifiers)."""
+def facts_for(row: Any, id_map: Mapping[str, str] | None = None, age_years: float | None = None) -> StudyFacts:
+    """The :class:`StudyFacts` of a ``cohort.imaging`` row; ``id_map`` (:func:`read_id_map`) names the
+    rewritten DICOM PatientIDs accepted for its patient."""
     pid = str(row.patient_id)
-    identifiers: Sequence[str] = ()
-    if patients is not None and "identifiers" in getattr(patients, "columns", ()):
-        hit = patients.loc[patients["patient_id"] == pid, "identifiers"]
-        if len(hit) and isinstance(hit.iloc[0], list | tuple):
-            identifiers = tuple(str(x) for x in hit.iloc[0])
     mapped = tuple(k for k, v in (id_map or {}).items() if v == pid)
 
     def text(name: str) -> str | None:
@@ -428,4 +423,4 @@ def facts_for(row: Any, patients: Any = None, id_map: Mapping[str, str] | None =
 
     uids = getattr(row, "instance_uids", ()) or ()
     return StudyFacts(pid, text("study_uid"), text("series_uid"), tuple(str(u) for u in uids if u),
-                      text("modality"), text("view"), text("body_site"), age_years, tuple(identifiers), mapped)
+                      text("modality"), text("view"), text("body_site"), age_years, (), mapped)
