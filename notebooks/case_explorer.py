@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Case explorer
 #
-# The worklist orders the cohort's imaging studies by AI urgency (positive by margin over the model's threshold, then *AI uncertain* inside the indeterminate band, then negative, then studies without an AI result). Pick a study to see the patient, the lab trends with the imaging dates, the image with the AI overlays, and the AI findings with their model card. **Accept** or **Override** (with a coded reason) is saved to the review log at once. In reader-study mode the AI stays hidden until your own read is saved.
+# The worklist orders the cohort's imaging studies by AI urgency (positive by margin over the model's threshold, then *AI indeterminate* inside the indeterminate band, then measurements, then negative, then studies no model answered for, with the reason: image does not match record, input rejected, outside intended use, no AI result). Pick a study to see the patient, the lab trends with the imaging dates, the image with the AI overlays, and the AI findings with their model card. **Accept** or **Override** (with a coded reason) is saved to the review log at once. In reader-study mode the AI stays hidden until your own read is saved.
 #
 # The cohort is loaded with FHIR validation on, as the report loads it (invalid resources are left out). Run it as an app with `cds explorer` (voila), or change the parameters below (papermill).
 
