@@ -186,3 +186,15 @@ def test_pneumonia_defaults_to_the_shipped_sample_subset(tmp_path: Path, monkeyp
     assert set(cases["calibration"].ids).isdisjoint(cases["test"].ids)
     with pytest.raises(ParameterError, match="data_dir"):
         ml.data_dir_for("cxr-cardiomegaly")  # ships no subset: its shared set is absent here
+
+
+def test_calibration_checks_see_decisions_just_below_the_threshold() -> None:
+    """A flat isotonic step (slope ~1e-3 after blending): a score 1e-7 below the threshold stays below."""
+    from types import SimpleNamespace
+
+    from cds.evaluation.calibration import Calibrator
+
+    cal = Calibrator("isotonic", {"x": [0.4, 0.6], "y": [0.3, 0.3], "blend": 1e-3})
+    p = np.array([0.5 - 1e-7, 0.5, 0.5 + 1e-7, 0.45, 0.55])
+    cases = {"test": SimpleNamespace(p=p, y=np.array([0, 1, 1, 0, 1]))}
+    assert ml.calibration_checks(cal, cases, 0.5) == {"auroc_unchanged": True, "decisions_unchanged": True}
