@@ -113,3 +113,28 @@ rs.spread(long, readers)
 
 # %%
 fig = rs.plot_spread(long, "auroc", readers, right_wrong)
+
+# %% [markdown]
+# ## Multi-reader multi-case (MRMC) analysis of the change in AUROC
+#
+# The standard analysis of a reader study: Obuchowski-Rockette with Hillis's denominator degrees of freedom (`cds.studies.mrmc`; the method of the OR-DBM MRMC software, RJafroc and MRMCaov, checked against the published Van Dyke analysis in `tests/test_mrmc.py`). The AUROC per reader uses the same score as above; covariances by the jackknife over cases. **RRRC** (readers and cases random, the primary analysis) asks whether the AI would help other readers on other cases; **FRRC** (readers fixed) speaks for these readers only. The same analysis on the cases where the AI was right and where it was wrong; `SD of effect between readers` is sqrt(2 VarTR), the spread of the readers' true effects net of case noise. Only cases read by every reader enter.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+mrmc_tables = rs.mrmc_auroc(paired)
+print(rs.banner(paired))
+rs.format_mrmc(mrmc_tables, "RRRC")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rs.format_mrmc(mrmc_tables, "FRRC")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+mrmc_tables["readers"][mrmc_tables["readers"].cases == "all cases"]
+
+# %%
+mrmc_tables["test"]
+
+# %%
+mrmc_tables["components"]

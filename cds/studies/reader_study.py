@@ -19,6 +19,11 @@ Analysis (:func:`load_reads` -> :func:`paired_reads` -> tables):
 - :func:`spread` -- how much the effect differs between readers (SD, range, readers helped /
   hurt with CIs excluding 0) and its rank correlation with the pre-AI value and, where known, with
   experience; :func:`plot_spread` draws it.
+- :func:`mrmc_auroc` -- the multi-reader multi-case analysis of the change in AUROC with AI
+  (Obuchowski-Rockette with Hillis's degrees of freedom, random readers and random cases, plus the
+  fixed-reader and fixed-case variants; :mod:`cds.studies.mrmc`), on all cases and separately on
+  the cases where the AI was right and wrong, with each reader's change and its CI and the SD of
+  the effect between readers net of case noise; :func:`format_mrmc` is its one-line-per-subset view.
 
 Simulated readers (:func:`simulate_readers`) write reads through the same ``ReviewStore`` API, so
 the analysis reads exactly the format the explorer writes. **Every simulated read carries the
@@ -89,6 +94,8 @@ __all__ = [
     "spread",
     "plot_spread",
     "banner",
+    "mrmc_auroc",
+    "format_mrmc",
 ]
 
 #: Comment prefix of every simulated read in the review log.
@@ -687,3 +694,116 @@ def plot_spread(long: pd.DataFrame, metric: str = "auroc", readers: pd.DataFrame
                  color="darkred" if lab == SIMULATED_LABEL else "black", fontweight="bold")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------- MRMC
+_MRMC_SUBSETS = ("all cases", "AI right", "AI wrong")
+
+
+def mrmc_auroc(paired: pd.DataFrame, cov: str = "jackknife", alpha: float = 0.05,
+               by_ai: bool = True) -> dict[str, pd.DataFrame]:
+    """MRMC analysis of the change in AUROC with AI (:func:`cds.studies.mrmc.mrmc_paired`), on all
+    cases and (``by_ai``) on the cases where the AI was right and where it was wrong.
+
+    One call gives the three tables, each with ``data`` (real / SIMULATED READERS) and ``cases``
+    (the subset) columns:
+
+    - ``"test"`` -- per subset and analysis (``RRRC`` random readers and cases with Hillis ddf, the
+      primary analysis; ``FRRC`` fixed readers; ``RRFC`` fixed cases): reader-averaged AUROC
+      without and with AI, the change (with - without) and its 95 % CI, the test statistic, df, p,
+      and ``sd_effect_between_readers`` (``sqrt(2 VarTR)``: spread of the readers' true effects);
+    - ``"readers"`` -- each reader's AUROC without / with AI and change with its 95 % CI and p
+      (from the reader's own jackknife or DeLong variances);
+    - ``"components"`` -- ``Var``, ``Cov1``-``Cov3``, ``VarR``, ``VarTR`` and the ANOVA mean squares.
+
+    The AUROC uses the same score as :func:`per_reader` (:func:`confidence_score`). Only cases read
+    by every reader enter (``cases_left_out`` counts the others). A subset the analysis cannot use
+    (fewer than 2 positive or 2 negative cases) gets one row whose ``note`` says why.
+
+    >>> cases = simulated_cases(40, seed=1)
+    >>> sim = simulate_readers(cases, getfixture("tmp_path") / "s.jsonl", n_readers=3, seed=1)
+    >>> t = mrmc_auroc(paired_reads(load_reads(sim.store_path), load_truth(sim.truth_path)))
+    >>> t["test"].query("analysis == 'RRRC'")[["data", "cases", "n_readers"]].values.tolist()[0]
+    ['SIMULATED READERS', 'all cases', 3]
+    """
+    from cds.studies import mrmc
+
+    if cov not in mrmc.COV_METHODS:
+        raise ParameterError("cov", f"{cov!r}: use one of {', '.join(mrmc.COV_METHODS)}")
+    label = _label(paired)
+    without, with_ai = mrmc.PAIRED_MODALITIES
+    subsets: list[tuple[str, pd.DataFrame]] = [("all cases", paired)]
+    if by_ai:
+        right = paired.groupby("finding_id")["ai_correct"].first()
+        subsets += [("AI right", paired[paired["finding_id"].map(right).astype(bool)]),
+                    ("AI wrong", paired[~paired["finding_id"].map(right).astype(bool)])]
+    tests, readers_rows, comps = [], [], []
+    for name, sub in subsets:
+        head = {"data": label, "cases": name}
+        try:
+            res = mrmc.mrmc_paired(sub, cov=cov, alpha=alpha)
+        except ParameterError as e:
+            tests.append({**head, "n_readers": int(sub["reader"].nunique()), "n_cases": int(sub["finding_id"].nunique()),
+                          "note": f"not analysed: {e.reason}"})
+            continue
+        means = res.auc.mean(axis=0)
+        size = {"n_readers": res.n_readers, "n_cases": res.n_cases, "n_positive": res.n_positive,
+                "cases_left_out": res.left_out.get("cases_not_fully_crossed", 0)}
+        for row in res.test().itertuples(index=False):
+            tests.append({**head, **size, "analysis": row.analysis, "cov": cov,
+                          "auroc_without_ai": round(float(means[without]), 4),
+                          "auroc_with_ai": round(float(means[with_ai]), 4),
+                          "change": round(row.estimate, 4),
+                          "change_ci95": [round(float(row.ci_lower), 4), round(float(row.ci_upper), 4)],
+                          "std_err": round(row.std_err, 5), "statistic_name": row.statistic_name,
+                          "statistic": round(row.statistic, 4), "ndf": row.ndf, "ddf": round(row.ddf, 2),
+                          "p_value": round(row.p_value, 4),
+                          "sd_effect_between_readers": round(res.sd_effect_between_readers, 4), "note": row.note})
+        for row in res.readers_table().itertuples(index=False):
+            readers_rows.append({**head, "reader": row.reader, "auroc_without_ai": round(float(row[2]), 4),
+                                 "auroc_with_ai": round(float(row[3]), 4), "change": round(row.change, 4),
+                                 "change_ci95": [round(float(row.ci_lower), 4), round(float(row.ci_upper), 4)],
+                                 "p_value": round(row.p_value, 4)})
+        for row in res.variance_components().itertuples(index=False):
+            comps.append({**head, "component": row.component, "estimate": float(f"{row.estimate:.6g}"),
+                          "correlation": round(row.correlation, 4)})
+    return {"test": pd.DataFrame(tests), "readers": pd.DataFrame(readers_rows), "components": pd.DataFrame(comps)}
+
+
+def format_mrmc(tables: dict[str, pd.DataFrame], analysis: str = "RRRC") -> pd.DataFrame:
+    """One line per case subset of :func:`mrmc_auroc`'s ``"test"`` table for one analysis, as strings.
+
+    >>> t = {"test": pd.DataFrame([{"data": "real reads", "cases": "all cases", "analysis": "RRRC",
+    ...      "n_readers": 5, "n_cases": 114, "auroc_without_ai": 0.897, "auroc_with_ai": 0.9408,
+    ...      "change": 0.0438, "change_ci95": [-0.0004, 0.088], "statistic_name": "F", "statistic": 4.4563,
+    ...      "ndf": 1, "ddf": 15.26, "p_value": 0.0517, "sd_effect_between_readers": 0.02, "note": ""}])}
+    >>> format_mrmc(t).iloc[0]["change in AUROC (95 % CI)"]
+    '+0.044 (-0.000 to +0.088)'
+    """
+    if analysis not in ("RRRC", "FRRC", "RRFC"):
+        raise ParameterError("analysis", f"{analysis!r}: use RRRC, FRRC or RRFC")
+    t = tables["test"]
+    rows = []
+    for cases in _MRMC_SUBSETS:
+        d = t[t["cases"] == cases]
+        if d.empty:
+            continue
+        r = d[d["analysis"] == analysis].iloc[0] if "analysis" in d and (d["analysis"] == analysis).any() else d.iloc[0]
+        if "analysis" not in r or pd.isna(r.get("analysis")):
+            rows.append({"data": r["data"], "cases": cases, "readers x cases": f"{r['n_readers']} x {r['n_cases']}",
+                         "note": r["note"]})
+            continue
+        stat = (f"{r['statistic_name']}({r['ndf']:g}, {r['ddf']:.2f}) = {r['statistic']:.3f}"
+                if np.isfinite(r["ddf"]) else f"{r['statistic_name']}({r['ndf']:g}) = {r['statistic']:.3f}")
+        rows.append({"data": r["data"], "cases": cases, "readers x cases": f"{r['n_readers']} x {r['n_cases']}",
+                     "AUROC without AI": f"{r['auroc_without_ai']:.3f}", "AUROC with AI": f"{r['auroc_with_ai']:.3f}",
+                     "change in AUROC (95 % CI)": _fmt(r["change"], r["change_ci95"], True),
+                     "test": stat, "p": _fmt_p(r["p_value"]),
+                     "SD of effect between readers": f"{r['sd_effect_between_readers']:.3f}", "note": r["note"]})
+    return pd.DataFrame(rows).set_index("cases").fillna("")
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "undefined"
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
