@@ -45,6 +45,9 @@ EXTRA_KEYS: dict[str, str] = {
     # detection: boxes and points (the box itself is Finding.location)
     "centre_lps": "centre of a detected region in patient LPS mm [x, y, z] (ct-lung-nodule, zoo lung, box-detection)",
     "box_voxel": "the box in voxel indices [k0, j0, i0, k1, j1, i1] (ct-lung-nodule)",
+    "characterisation": ("what the nodule characterisation model said of a detected nodule (ct-lung-nodule): "
+                         "{diameter_mm, volume_mm3, likelihood, size_category, found, vouched, reasons, model} "
+                         "or {error}"),
     "size_mm": "box edge lengths in mm [x, y, z] (zoo lung)",
     "diameter_mm": "longest diameter of a detected region in mm",
     "volume_ml": "volume of a detected or segmented region in mL",

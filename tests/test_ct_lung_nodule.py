@@ -122,16 +122,51 @@ def test_exact_intervals() -> None:
     assert lo == pytest.approx(1.6235, abs=1e-3) and hi == pytest.approx(11.668, abs=1e-2)
 
 
-def test_froc_from_scores() -> None:
-    res = [M._SeriesResult("a", "1", np.array([0.9, 0.8, 0.3]), np.array([[False], [True], [False]]),
-                           np.zeros((3, 0), bool), 0.0),
-           M._SeriesResult("b", "2", np.array([0.95, 0.1]), np.array([[True], [False]]), np.zeros((2, 0), bool), 0.0)]
+def _two_series() -> list:
+    return [M._SeriesResult("a", "1", np.array([0.9, 0.8, 0.3]), np.array([[False], [True], [False]]),
+                            np.zeros((3, 0), bool), 0.0),
+            M._SeriesResult("b", "2", np.array([0.95, 0.1]), np.array([[True], [False]]), np.zeros((2, 0), bool), 0.0)]
+
+
+def test_froc_is_monais_and_metrics_agree_with_scipy_and_sklearn() -> None:
+    from monai.metrics import compute_froc_curve_data, compute_froc_score
+    from scipy.stats import binomtest, gamma
+    from sklearn.metrics import recall_score
+
+    res = _two_series()
     fr = M._froc(res)
-    # at threshold 0.8: lesion a hit, lesion b hit, FPs: 0.9 in a -> 0.5 per series
-    assert fr["sensitivity_at_fp"]["0.5"] == 1.0
-    assert fr["sensitivity_at_fp"]["0.125"] == 0.5  # only b's lesion is found before any FP
+    # the same inputs straight through MONAI: FP scores 0.9, 0.3, 0.1; lesion best-hit scores 0.8, 0.95
+    fps, sens = compute_froc_curve_data(np.array([0.9, 0.3, 0.1]), np.array([0.8, 0.95]), 2, 2)
+    assert fr["cpm"] == pytest.approx(compute_froc_score(fps, sens, M.FROC_RATES))
+    assert fr["sensitivity_at_fp"]["0.5"] == pytest.approx(compute_froc_score(fps, sens, (0.5,)))
+    # at threshold 0.8 both lesions are found with one FP (0.9) over two series: the curve holds (0.5, 1.0)
+    assert {(p["fp_per_series"], p["sensitivity"]) for p in fr["points"]} >= {(0.5, 1.0), (0.0, 0.5)}
+    assert fr["sensitivity_at_fp"]["0.25"] == pytest.approx(0.5)  # between (0, 0.5) and (0.5, 0.5)
+    assert fr["sensitivity_at_fp"]["1"] == pytest.approx(1.0)
+    assert fr["sensitivity_at_fp"]["10"] == 1.0
     m = M._metrics_at(res, 0.85, n_boot=200)
-    assert m["lesion_sensitivity"]["value"] == 0.5 and m["fp_per_series"]["value"] == 0.5
+    # lesion sensitivity = recall over lesions (a: 0.8 < 0.85 missed, b: 0.95 found)
+    assert m["lesion_sensitivity"]["value"] == recall_score([1, 1], [0, 1]) == 0.5
+    assert m["fp_per_series"]["value"] == 0.5
+    for k, n in ((0, 4), (1, 1), (3, 7), (11, 11)):
+        ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert M._clopper_pearson(k, n) == pytest.approx([ci.low, ci.high])
+    for count in (0, 1, 5, 40):  # Garwood interval through the gamma quantiles
+        lo = 0.0 if count == 0 else gamma.ppf(0.025, count)
+        assert M._poisson_rate_ci(count, 2) == pytest.approx([lo / 2, gamma.ppf(0.975, count + 1) / 2])
+    empty = M._froc([])
+    assert empty["points"] == [] and np.isnan(empty["cpm"])
+
+
+def test_auroc_used_for_the_scorer_agrees_with_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from cds.evaluation.metrics import auroc
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300) + 0.3 * y, 2)  # ties included
+    assert auroc(y, p) == pytest.approx(roc_auc_score(y, p))
 
 
 def test_predict_rejects_bad_inputs() -> None:
@@ -142,14 +177,187 @@ def test_predict_rejects_bad_inputs() -> None:
         M.predict(None, vol, (5.0, 0.8), (0, 0, 0), AXIAL)
     with pytest.raises(ParameterError, match="direction"):
         M.predict(None, vol, (5.0, 0.8, 0.8), (0, 0, 0), np.zeros((3, 3)))
-    with pytest.raises(ModelInputError, match="slice spacing"):
-        M.predict(None, vol, (10.0, 0.8, 0.8), (0, 0, 0), AXIAL)
+    for thick in (10.5, 0.3):
+        with pytest.raises(ModelInputError, match=r"slice spacing .* outside the supported 0.5-10.0 mm"):
+            M.predict(None, vol, (thick, 0.8, 0.8), (0, 0, 0), AXIAL)
     with pytest.raises(ModelInputError, match="Hounsfield"):
         M.predict(None, np.zeros((8, 32, 32)), (5.0, 0.8, 0.8), (0, 0, 0), AXIAL)
     with pytest.raises(ModelInputError, match="lung"):  # CT-like values but no enclosed air at all
         body = np.full((8, 32, 32), 40.0, np.float32)
         body[0, 0, 0] = -1000.0
         M.predict(None, body, (5.0, 0.8, 0.8), (0, 0, 0), AXIAL)
+
+
+def test_box_weights_and_thick_simulation_keep_the_mean() -> None:
+    w = L.box_weights(64, 5.0, 8.0)
+    assert w.shape == (40, 64) and np.allclose(w.sum(1), 1.0)  # complete 8 mm slabs of 320 mm
+    assert np.allclose(w.sum(0)[:-1], 5.0 / 8.0)  # every thin slice counted once (the last falls out)
+    vol = np.random.default_rng(0).normal(size=(40, 6, 6)).astype(np.float32)
+    thick, w2 = L.simulate_thick_slices(vol, 2.5, 10.0)
+    assert thick.shape == (10, 6, 6)
+    assert np.allclose(thick[3], vol[12:16].mean(0), atol=1e-5)
+    with pytest.raises(ParameterError, match="thickness_mm"):
+        L.simulate_thick_slices(vol, 2.5, 1.0)
+    partial = L.box_weights(3, 1.0, 2.0, phase_mm=0.5, complete=False)  # crops: partial end voxels kept
+    assert np.allclose(partial.sum(), 1.5) and partial.shape == (3, 3)  # [-2, 0], [0, 2], [2, 4] mm
+
+
+def test_insert_crop_keeps_the_nodule_volume_at_any_slice_thickness() -> None:
+    m = np.zeros((20, 24, 24), bool)
+    zz, yy, xx = np.mgrid[:20, :24, :24]
+    m[((zz - 10) * 1.0) ** 2 + ((yy - 12) * 0.7) ** 2 + ((xx - 12) * 0.7) ** 2 <= 5.0**2] = True
+    want_mm3 = m.sum() * 1.0 * 0.7 * 0.7
+    for sz in (1.25, 5.0, 10.0):
+        v = np.full((12, 40, 40), -850.0, np.float32)
+        _, p = L.insert_crop(v, (sz, 0.8, 0.8), (6, 20, 20), np.full(m.shape, 40.0), m, (1.0, 0.7, 0.7),
+                             phase_mm=(0.3, 0.1, 0.2))
+        assert p.sum() * sz * 0.64 == pytest.approx(want_mm3, rel=1e-6)
+        assert v.max() <= 40.0 + 1e-3 and v.min() >= -850.0 - 1e-3
+        assert (p.max() > 0.95) == (sz < 10.0)  # a 10 mm nodule never fills a 10 mm slice with a random phase
+    with pytest.raises(ParameterError, match="crop_mask"):
+        L.insert_crop(v, (5.0, 0.8, 0.8), (6, 20, 20), np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1, 1, 1))
+
+
+def test_work_grid_of_thick_slices_maps_back() -> None:
+    w, g = L.work_grid(np.arange(3.0)[:, None, None] * np.ones((3, 4, 4), np.float32), (8.0, 0.8, 0.8))
+    assert g.spacing == (4.0, 1.6, 1.6) and w.shape == (5, 2, 2)
+    assert w[:, 0, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]  # linear along the slice normal
+    assert g.to_full((4, 1, 1)) == (2.0, 2.5, 2.5)
+    assert g.box_to_full((0, 0, 0, 4, 1, 1), (3, 4, 4)) == [0, 0, 0, 2, 3, 3]
+    _, g5 = L.work_grid(np.zeros((4, 4, 4), np.float32), (1.25, 0.8, 0.8))
+    assert g5.scale == (2.0, 2.0, 2.0) and g5.box_to_full((1, 0, 0, 1, 0, 0), (4, 4, 4)) == [2, 0, 0, 3, 1, 1]
+
+
+def test_phantom_nodule_found_on_a_10mm_reconstruction() -> None:
+    vol, sp, org, centre = _phantom(nodule_mm=18.0)
+    thick, w = L.simulate_thick_slices(vol, sp[0], 10.0)
+    tsp = (10.0, sp[1], sp[2])
+    torg = (org[0], org[1], org[2] - sp[0] / 2 + 5.0)  # first slab's centre along +z
+    cands = M.predict(None, thick, tsp, torg, AXIAL)
+    want = L.index_to_lps([centre], sp, org, AXIAL)[0]
+    d = [np.linalg.norm(np.asarray(c["centre_lps"]) - want) for c in cands]
+    assert cands and min(d) < 6.0
+    best = cands[int(np.argmin(d))]
+    assert 0 <= best["box_voxel"][0] <= best["box_voxel"][3] < thick.shape[0]
+
+
+def test_thick_lesions_follow_the_slabs() -> None:
+    s = L.CtSeries(volume_hu=np.zeros((8, 4, 4), np.float32), spacing=(5.0, 1.0, 1.0), origin=(0.0, 0.0, -20.0),
+                   direction=AXIAL, sop_instance_uids=[f"1.2.{k}" for k in range(8)], files=[], series_uid="1.2")
+    ts, w = L.thick_series(s, 10.0)
+    assert ts.spacing == (10.0, 1.0, 1.0) and ts.shape == (4, 4, 4) and ts.origin[2] == pytest.approx(-17.5)
+    assert len(set(ts.sop_instance_uids)) == 4
+    les = M.Lesion({2: (1, 1, 2, 2), 3: (0, 0, 3, 1), 4: (1, 1, 3, 3)})
+    tl, tb = M.thick_lesions([les], [(2, (1, 1, 2, 2)), (4, (1, 1, 3, 3))], w)
+    assert tl[0].boxes == {1: (0, 0, 3, 2), 2: (1, 1, 3, 3)} and tb == [(1, (1, 1, 2, 2)), (2, (1, 1, 3, 3))]
+
+
+class _FakeCharacteriser:
+    """Stands in for cds.models.tasks.ct_nodule_characterisation (same API), records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def load_bundle(self) -> str:
+        return "fake-bundle"
+
+    def characterise(self, bundle, volume_hu, spacing_zyx, centre_zyx):  # noqa: ANN001, ANN201
+        self.calls.append((bundle, volume_hu.shape, tuple(spacing_zyx), tuple(centre_zyx)))
+        if centre_zyx[0] < 0:
+            raise ModelInputError("centre_zyx", "outside the volume")
+        return {"diameter_mm": 11.5, "volume_mm3": 640.0, "likelihood": 0.42, "size_category": ">8 mm",
+                "other": "ignored"}
+
+
+def test_characterisation_reaches_findings_and_fhir() -> None:
+    from cds.fhir.writer import results_bundle
+    from cds.models.bundle import load_bundle
+
+    fake = _FakeCharacteriser()
+    b = load_bundle(M.DEFAULT_BUNDLE)
+    vol = np.zeros((4, 8, 8), np.float32)
+    cands = [{"score": 0.99, "centre_voxel": [1.0, 2.0, 3.0], "box_voxel": [0, 1, 2, 2, 3, 4],
+              "box_lps": [0, 0, 0, 5, 5, 5], "centre_lps": [2, 2, 2], "diameter_mm": 9.0, "volume_ml": 0.4,
+              "side": "left", "features": {}},
+             {"score": 0.98, "centre_voxel": [-1.0, 2.0, 3.0], "box_voxel": [0, 1, 2, 0, 3, 4],
+              "box_lps": [0, 0, 0, 5, 5, 5], "centre_lps": [2, 2, 2], "diameter_mm": 5.0, "volume_ml": 0.1,
+              "side": "left", "features": {}},
+             {"score": 0.0, "centre_voxel": [1.0, 1.0, 1.0]}]
+    out = M.characterise_candidates(cands, vol, (5.0, 0.8, 0.8), fake, min_score=0.5)
+    assert [c[1:] for c in fake.calls] == [((4, 8, 8), (5.0, 0.8, 0.8), (1.0, 2.0, 3.0)),
+                                           ((4, 8, 8), (5.0, 0.8, 0.8), (-1.0, 2.0, 3.0))]
+    assert fake.calls[0][0] == "fake-bundle" and "characterisation" not in cands[0]  # input not changed
+    assert out[0]["characterisation"] == {"diameter_mm": 11.5, "volume_mm3": 640.0, "likelihood": 0.42,
+                                          "size_category": ">8 mm"}
+    assert "outside the volume" in out[1]["characterisation"]["error"] and "characterisation" not in out[2]
+    f0, f1 = M.to_findings(b, out[:2], "p1", "1.2.3", "1.2.3.4")
+    assert f0.extra["characterisation"]["size_category"] == ">8 mm" and f0.extra["characterisation"]["likelihood"] == 0.42
+    assert f0.extra["diameter_mm"] == 11.5 and f0.extra["volume_ml"] == pytest.approx(0.64)
+    assert "size category >8 mm" in f0.explanation and "likelihood 0.42" in f0.explanation
+    assert "not characterised: centre_zyx" in f1.explanation and f1.extra["diameter_mm"] == 5.0
+    # a characteriser that finds no nodule, or does not vouch for the likelihood, says so
+    unsure = dict(out[0], characterisation={"diameter_mm": 6.2, "volume_mm3": 120.0, "likelihood": None,
+                                            "size_category": "3", "reasons": ["slices too thick"]})
+    none = dict(out[0], characterisation={"diameter_mm": None, "volume_mm3": None, "likelihood": None,
+                                          "size_category": None, "found": False})
+    fu, fn = M.to_findings(b, [unsure, none], "p1", "1.2.3", "1.2.3.4")
+    assert "likelihood not given (slices too thick)" in fu.explanation and fu.extra["diameter_mm"] == 6.2
+    assert "no nodule segmented" in fn.explanation and fn.extra["diameter_mm"] == 9.0
+    fb = results_bundle([f0], {b.model_id: b}, recorded="2026-01-01T00:00:00Z")
+    obs = next(e["resource"] for e in fb["entry"] if e["resource"]["resourceType"] == "Observation")
+    comps = {c["code"]["coding"][0]["display"]: c.get("valueQuantity", {}).get("value") for c in obs["component"]}
+    assert comps["Diameter"] == 11.5 and comps["Volume"] == pytest.approx(0.64)
+    assert "size category >8 mm" in obs["note"][0]["text"]
+    with pytest.raises(ParameterError, match="characteriser"):
+        class Bad(_FakeCharacteriser):
+            def characterise(self, *a):  # noqa: ANN002, ANN202
+                return {"diameter_mm": 1.0}
+        M.characterise_candidates(cands[:1], vol, (5.0, 0.8, 0.8), Bad())
+
+
+def test_a_characteriser_without_its_bundle_is_reported_not_fatal() -> None:
+    class NoBundle(_FakeCharacteriser):
+        def load_bundle(self):  # noqa: ANN202
+            raise ParameterError("bundle", "/x/ct-nodule-characterisation: no such bundle")
+
+    out = M.characterise_candidates([{"score": 0.9, "centre_voxel": [0, 0, 0]}], np.zeros((2, 2, 2)), (5, 1, 1),
+                                    NoBundle())
+    assert out[0]["characterisation"]["error"].startswith("characterisation model unavailable: bundle")
+
+
+def test_real_characterisation_module_on_the_phantom() -> None:
+    """The task's default characteriser is cds.models.tasks.ct_nodule_characterisation (when its bundle ships)."""
+    from cds.images.image import Image
+    from cds.models.bundle import load_bundle
+
+    ch = M.default_characteriser()
+    assert ch is not None and ch.__name__ == M.CHARACTERISATION_MODULE
+    if not (ch.DEFAULT_BUNDLE / "configs" / "metadata.json").is_file():
+        pytest.skip(f"{ch.DEFAULT_BUNDLE} is not shipped yet")
+    vol, sp, org, centre = _phantom(nodule_mm=16.0)
+    image = Image(vol, tuple(sp), tuple(org), AXIAL, "CT", {"patient_frame": True}, "phantom")
+    fs = M.TASK.predict(load_bundle(M.DEFAULT_BUNDLE), image, {})
+    assert fs and all("characterisation" in f.extra for f in fs)
+    want = L.index_to_lps([centre], sp, org, AXIAL)[0]
+    near = min(fs, key=lambda f: np.linalg.norm(np.asarray(f.extra["centre_lps"]) - want))
+    c = near.extra["characterisation"]
+    assert "error" not in c and c["found"] and 10.0 < c["diameter_mm"] < 22.0 and c["size_category"] in ("4A", "4B")
+    assert c["likelihood"] is None and "thicker" in " ".join(c["reasons"])  # 5 mm slices: no likelihood vouched
+    assert "size category" in near.explanation
+
+
+def test_task_predict_characterises_only_reported_candidates() -> None:
+    from cds.images.image import Image
+    from cds.models.bundle import load_bundle
+
+    vol, sp, org, _ = _phantom()
+    image = Image(vol, tuple(sp), tuple(org), AXIAL, "CT", {"patient_frame": True}, "phantom")
+    fake = _FakeCharacteriser()
+    b = load_bundle(M.DEFAULT_BUNDLE)
+    fs = M.TASK.predict_with(b, image, {}, fake)
+    assert fs and len(fake.calls) == len(fs)
+    assert all(f.extra["characterisation"]["size_category"] == ">8 mm" for f in fs)
+    assert all(c[2] == tuple(sp) and c[1] == vol.shape for c in fake.calls)
 
 
 def _mr_file(path: Path) -> Path:
@@ -327,6 +535,44 @@ def test_evaluate_schema_and_card_numbers_reproduce(shared_data: Path) -> None:
             assert res["metrics"][k][field] == pytest.approx(m[field]), (k, field)
     assert res["froc"]["sensitivity_at_fp"] == pytest.approx(card["froc"]["sensitivity_at_fp"])
     assert res["froc"]["cpm"] == pytest.approx(card["froc"]["cpm"])
+    # the simulated thick reconstructions: 8 and 10 mm from the 5 mm series, every number as in the card
+    assert set(res["by_slice_thickness"]) == {"native", "8", "10"} == set(card["by_slice_thickness"])
+    for key, got in res["by_slice_thickness"].items():
+        want = card["by_slice_thickness"][key]
+        assert got["n_lesions"] == want["n_lesions"] == 1
+        for k, m in want["metrics"].items():
+            for field in ("value", "ci95", "ci95_bootstrap"):
+                assert got["metrics"][k][field] == pytest.approx(m[field]), (key, k, field)
+        assert got["froc"]["sensitivity_at_fp"] == pytest.approx(want["froc"]["sensitivity_at_fp"])
+        assert got["froc"]["cpm"] == pytest.approx(want["froc"]["cpm"])
+        assert got["baseline_log_response"]["lesion_rank"] == want["baseline_log_response"]["lesion_rank"]
+        assert got["lesion_rank"] == want["lesion_rank"]
+        assert got["false_positives_scoring_above_lesion"] == want["false_positives_scoring_above_lesion"]
+    assert card["evaluation_command"] == "cds evaluate ct-lung-nodule --data ../shared/data/lung-pet-ct-dx --json"
+    assert card["slice_thickness_table"] == res["slice_thickness_table"]
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_a_thick_dicom_folder_evaluates_like_the_simulation(shared_data: Path, tmp_path: Path) -> None:
+    """A 10 mm DICOM copy written to disk is read, accepted and scored like the in-memory simulation."""
+    import pandas as pd
+
+    out = M.write_thick_copy(shared_data / "lung-pet-ct-dx", tmp_path / "thick", 10.0)
+    s = L.read_ct_series(L.find_series_folders(out)[0])
+    assert s.spacing[0] == pytest.approx(10.0) and s.shape == (32, 512, 512) and s.slice_thickness == 10.0
+    ann = pd.read_csv(out / "annotations.csv")
+    assert len(ann) == 11 and set(ann["sop_instance_uid"]) <= set(s.sop_instance_uids)
+    res = M.evaluate(out, n_boot=200, thicknesses_mm=())
+    assert res["n_boxes_unmatched"] == 0 and set(res["by_slice_thickness"]) == {"native"}
+    assert res["per_series"][0]["slice_spacing_mm"] == pytest.approx(10.0)
+    card = json.loads((M.DEFAULT_BUNDLE / "configs" / "metadata.json").read_text())["cds"]["performance"]
+    want = card["by_slice_thickness"]["10"]
+    # stored values are HU rounded to integers: the same lesion outcome, scores within rounding
+    assert res["metrics"]["lesion_sensitivity"]["value"] == want["metrics"]["lesion_sensitivity"]["value"]
+    assert abs(res["metrics"]["fp_per_series"]["value"] - want["metrics"]["fp_per_series"]["value"]) <= 2
+    with pytest.raises(ParameterError, match="thickness_mm"):
+        M.write_thick_copy(shared_data / "lung-pet-ct-dx", tmp_path / "thin", 4.0)
 
 
 @pytest.mark.shared
@@ -344,8 +590,30 @@ def test_evaluate_skips_non_ct_series(shared_data: Path, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(M, "predict", no_candidates)  # the folder walk is under test, not the detector
     res = M.evaluate(root, n_boot=50)
-    assert seen == [(64, 512, 512)]
+    assert seen == [(64, 512, 512), (40, 512, 512), (32, 512, 512)]  # as read, then 8 and 10 mm slabs
     assert res["n_series"] == 1 and len(res["skipped"]) == 1 and "MR" in res["skipped"][0]["reason"]
     assert res["metrics"]["lesion_sensitivity"]["value"] == 0.0
     assert res["metrics"]["lesion_sensitivity"]["ci95"][1] == pytest.approx(0.975)
     assert res["metrics"]["fp_per_series"]["value"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_quick_training_on_real_lidc_nodules(shared_data: Path, tmp_path: Path) -> None:
+    """``train(quick=True)``: LIDC crops of disjoint patient splits pasted in, 5 and 10 mm, card sections filled."""
+    from cds.models.bundle import load_bundle
+
+    out = M.train(shared_data / "lung-pet-ct-dx", tmp_path / "b", quick=True,
+                  lidc_dir=shared_data / "lidc-nodule-crops")
+    b = load_bundle(out)
+    td = b.card["training_data"]
+    assert td["slice_spacings_mm"] == [5.0, 10.0] and set(td["held_out_lidc_in_left_lung"]) == {"native", "10"}
+    assert td["n_positive"] > 0 and td["n_negative"] > 10 * td["n_positive"]
+    assert all(v > 50 for v in td["lidc_patients_by_split"].values())
+    for d in td["held_out_lidc_in_left_lung"].values():
+        assert d["n_nodules"] == 12 and 0 <= d["found_by_any_candidate"] <= 12
+        s = d["sensitivity_at_threshold"]
+        assert s["ci95"][0] <= s["value"] <= s["ci95"][1]
+    lo, hi = b.card["indeterminate"]
+    assert 0.0 < lo <= b.card["threshold"] <= hi < 1.0
+    assert set(b.card["performance"]["by_slice_thickness"]) == {"native", "8", "10"}

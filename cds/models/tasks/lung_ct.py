@@ -7,6 +7,8 @@ The steps, each a function with one job::
     lung_masks         working HU -> per-side lung masks + the candidate search region
     detect_candidates  working HU + masks -> candidate blobs with features (multi-scale LoG)
     insert_nodule      paste a synthetic ellipsoidal nodule into a full-resolution HU volume
+    simulate_thick_slices  thin series -> a thick reconstruction (slab averaging along the slice normal)
+    insert_crop        paste a real nodule (HU crop + mask, e.g. LIDC) into a HU volume at its spacing
 
 Array and geometry conventions (the same as :mod:`cds.images.image`: everything per array axis):
 
@@ -57,6 +59,13 @@ __all__ = [
     "lps_to_index",
     "work_factors",
     "work_volume",
+    "WorkGrid",
+    "work_grid",
+    "box_weights",
+    "simulate_thick_slices",
+    "thick_series",
+    "insert_crop",
+    "write_thick_dicom",
     "lung_masks",
     "detect_candidates",
     "insert_nodule",
@@ -177,6 +186,7 @@ class DetectorConfig:
 
     work_pixel_mm: float = 1.5  # target in-plane spacing of the working grid
     work_slice_mm: float = 2.5  # slices thinner than this are averaged in pairs (or more)
+    max_work_slice_mm: float = 5.0  # slices thicker than this are linearly interpolated (x2, x3..) along k
     air_hu: float = -400.0  # lung air / soft tissue split
     airway_hu: float = -950.0  # trachea / main bronchi lumen
     min_lung_ml: float = 50.0
@@ -227,6 +237,253 @@ def work_volume(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     fk, fj, fi = factors
     k, j, i = (s // f for s, f in zip(v.shape, factors, strict=True))
     return v.reshape(k, fk, j, fj, i, fi).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class WorkGrid:
+    """The working grid of one volume and its map back to full-resolution voxel indices.
+
+    Working voxel ``w`` along axis ``a`` has its centre at full-resolution index
+    ``scale[a] * w + offset[a]`` and covers ``scale[a]`` full-resolution voxels. Block means by an
+    integer factor ``f`` give ``scale = f, offset = (f - 1) / 2``; ``u``-fold linear interpolation of
+    thick slices gives ``scale = 1 / u, offset = 0``.
+
+    >>> g = WorkGrid(scale=(0.5, 2.0, 2.0), offset=(0.0, 0.5, 0.5), spacing=(4.0, 1.68, 1.68))
+    >>> g.to_full((3, 10, 10))
+    (1.5, 20.5, 20.5)
+    >>> g.box_to_full((2, 10, 10, 3, 11, 11), (20, 512, 512))
+    [1, 20, 20, 2, 23, 23]
+    """
+
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+
+    def to_full(self, kji: Sequence[float]) -> tuple[float, float, float]:
+        """Full-resolution (continuous) index of working index ``kji``."""
+        return tuple(float(self.scale[a] * kji[a] + self.offset[a]) for a in range(3))  # type: ignore[return-value]
+
+    def box_to_full(self, box: Sequence[int], shape: Sequence[int]) -> list[int]:
+        """Inclusive working box ``[k0, j0, i0, k1, j1, i1]`` -> the full-resolution voxels it covers."""
+        lo, hi = [], []
+        for a in range(3):
+            lower = self.scale[a] * box[a] + self.offset[a] - self.scale[a] / 2
+            upper = self.scale[a] * box[a + 3] + self.offset[a] + self.scale[a] / 2
+            a0 = min(max(int(math.floor(lower + 0.5 + 1e-6)), 0), shape[a] - 1)
+            a1 = min(max(int(math.ceil(upper - 0.5 - 1e-6)), a0), shape[a] - 1)
+            lo.append(a0)
+            hi.append(a1)
+        return lo + hi
+
+
+def work_grid(volume: np.ndarray, spacing: Sequence[float],
+              cfg: DetectorConfig | None = None) -> tuple[np.ndarray, WorkGrid]:
+    """The detector's working grid of a full-resolution HU volume: ``(work_hu, grid)``.
+
+    In-plane and for thin slices: block means by :func:`work_factors`. Slices thicker than
+    ``cfg.max_work_slice_mm`` (e.g. a routine 8 or 10 mm reconstruction) are linearly interpolated
+    along ``k`` by the smallest integer factor that brings them to at most that spacing (8 mm -> 4 mm,
+    10 mm -> 5 mm), so the LoG scales and the neighbourhoods of the detector see similar grids.
+
+    >>> w, g = work_grid(np.zeros((3, 8, 8), np.float32), (10.0, 0.8, 0.8))
+    >>> w.shape, g.spacing, g.scale
+    ((5, 4, 4), (5.0, 1.6, 1.6), (0.5, 2.0, 2.0))
+    """
+    cfg = cfg or DetectorConfig()
+    f = work_factors(spacing, cfg)
+    u = max(1, int(math.ceil(float(spacing[0]) / cfg.max_work_slice_mm - 1e-9)))
+    if u > 1:
+        f = (1, f[1], f[2])
+    w = work_volume(volume, f)
+    if u > 1 and w.shape[0] > 1:
+        pos = np.arange((w.shape[0] - 1) * u + 1) / u
+        k0 = np.minimum(np.floor(pos).astype(int), w.shape[0] - 2)
+        t = (pos - k0).astype(np.float32)[:, None, None]
+        w = (1.0 - t) * w[k0] + t * w[k0 + 1]
+        scale_k, off_k = 1.0 / u, 0.0
+    else:
+        scale_k, off_k = float(f[0]), (f[0] - 1) / 2.0
+    grid = WorkGrid(scale=(scale_k, float(f[1]), float(f[2])),
+                    offset=(off_k, (f[1] - 1) / 2.0, (f[2] - 1) / 2.0),
+                    spacing=(float(spacing[0]) * scale_k, float(spacing[1]) * f[1], float(spacing[2]) * f[2]))
+    return np.ascontiguousarray(w, dtype=np.float32), grid
+
+
+# ----------------------------------------------------------------------------------------------
+# Thick-slice reconstructions and real nodule crops
+# ----------------------------------------------------------------------------------------------
+
+
+def box_weights(n_src: int, src_mm: float, dst_mm: float, phase_mm: float = 0.0,
+                complete: bool = True) -> np.ndarray:
+    """Overlap weights ``W (n_dst, n_src)`` that box-average a 1D grid of ``src_mm`` voxels into ``dst_mm`` ones.
+
+    Source voxel ``k`` covers ``[k * src_mm - src_mm / 2, k * src_mm + src_mm / 2]``; destination voxel
+    ``m`` covers ``dst_mm`` starting at ``-src_mm / 2 + phase_mm + m * dst_mm``. Each row is divided by
+    ``dst_mm`` (the mean over the destination voxel). ``complete``: keep only destination voxels
+    fully inside the source extent (a reconstruction); otherwise also partial ones at both ends
+    (a crop padded with zero, used for masks and mask-weighted HU).
+
+    >>> box_weights(4, 5.0, 10.0).round(2).tolist()
+    [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    >>> box_weights(3, 5.0, 8.0).round(3).tolist()
+    [[0.625, 0.375, 0.0]]
+    """
+    if n_src < 1 or src_mm <= 0 or dst_mm <= 0:
+        raise ParameterError("spacing", f"need a positive grid, got {n_src} voxels of {src_mm} mm -> {dst_mm} mm")
+    start = -src_mm / 2 + phase_mm
+    end = n_src * src_mm - src_mm / 2
+    if complete:
+        n_dst = int(math.floor((end - start) / dst_mm + 1e-9))
+        first = 0
+    else:
+        first = -int(math.ceil(phase_mm / dst_mm - 1e-9)) if phase_mm > 0 else 0
+        n_dst = int(math.ceil((end - start) / dst_mm - 1e-9)) - first
+    src_lo = np.arange(n_src) * src_mm - src_mm / 2
+    src_hi = src_lo + src_mm
+    lo = start + (np.arange(n_dst) + first)[:, None] * dst_mm
+    hi = lo + dst_mm
+    w = np.clip(np.minimum(hi, src_hi[None]) - np.maximum(lo, src_lo[None]), 0.0, None) / dst_mm
+    return w
+
+
+def simulate_thick_slices(volume_hu: np.ndarray, slice_mm: float, thickness_mm: float,
+                          phase_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A thick reconstruction of a thinner contiguous series: ``(thick volume, W)``.
+
+    Each thick slice is the mean of the thin volume over a ``thickness_mm`` slab along the slice
+    normal (how thick reconstructions are made, up to the scanner's slice profile), slabs
+    contiguous (spacing = thickness), only complete slabs kept. ``W`` is :func:`box_weights` (thick
+    slices x thin slices). Raises :class:`~cds.errors.ParameterError` when ``thickness_mm`` is below the
+    source slice spacing (a thinner series cannot be made from a thick one).
+
+    >>> v = np.arange(4.0)[:, None, None] * np.ones((1, 2, 2))
+    >>> thick, w = simulate_thick_slices(v, 5.0, 10.0)
+    >>> thick[:, 0, 0].tolist()
+    [0.5, 2.5]
+    """
+    if thickness_mm < slice_mm - 1e-6:
+        raise ParameterError("thickness_mm", f"{thickness_mm} mm is thinner than the source slices ({slice_mm} mm)")
+    w = box_weights(volume_hu.shape[0], slice_mm, thickness_mm, phase_mm)
+    if w.shape[0] < 2:
+        raise ParameterError("thickness_mm", f"{thickness_mm} mm leaves fewer than 2 slices of {volume_hu.shape[0]}")
+    thick = np.tensordot(w.astype(np.float32), np.asarray(volume_hu, np.float32), axes=(1, 0))
+    return thick.astype(np.float32), w
+
+
+def thick_series(series: CtSeries, thickness_mm: float, phase_mm: float = 0.0) -> tuple[CtSeries, np.ndarray]:
+    """:func:`simulate_thick_slices` of a whole :class:`CtSeries` with its geometry: ``(thick series, W)``.
+
+    The thick series keeps the patient frame (origin moved to the centre of the first slab), its
+    slices get made-up SOP Instance UIDs ``<series uid>.thick<mm>.<m>`` and ``files`` empty; ``W``
+    maps thin slice ``k`` to thick slice ``argmax(W[:, k])``.
+    """
+    vol, w = simulate_thick_slices(series.volume_hu, series.spacing[0], thickness_mm, phase_mm)
+    shift = -series.spacing[0] / 2 + phase_mm + thickness_mm / 2  # mm along the normal from slice 0's centre
+    origin = tuple(float(v) for v in np.asarray(series.origin) + np.asarray(series.direction)[:, 0] * shift)
+    tag = f"{thickness_mm:g}".replace(".", "p")
+    uids = [f"{series.series_uid or 'series'}.thick{tag}.{m}" for m in range(vol.shape[0])]
+    out = CtSeries(volume_hu=vol, spacing=(float(thickness_mm), series.spacing[1], series.spacing[2]),
+                   origin=origin, direction=series.direction, sop_instance_uids=uids, files=[],
+                   series_uid=f"{series.series_uid}.thick{tag}", study_uid=series.study_uid,
+                   patient_id=series.patient_id, slice_thickness=float(thickness_mm), folder=series.folder)
+    return out, w
+
+
+def write_thick_dicom(series: CtSeries, out_folder: str | Path, thickness_mm: float,
+                      phase_mm: float = 0.0) -> tuple[CtSeries, np.ndarray]:
+    """Write :func:`thick_series` of ``series`` as a DICOM CT series in ``out_folder``: ``(thick series, W)``.
+
+    Each thick slice takes the header of the thin file nearest its slab centre (patient, study,
+    scanner, orientation) with a new Series / SOP Instance UID (derived from the old ones, so reruns
+    give the same UIDs), ImagePositionPatient at the slab centre, SliceThickness and
+    SpacingBetweenSlices = ``thickness_mm``, the stored values = HU through the source's rescale,
+    uncompressed. The returned series' ``sop_instance_uids`` are the UIDs written.
+    """
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if not series.files:
+        raise ParameterError("series", "has no source DICOM files to take headers from")
+    ts, w = thick_series(series, thickness_mm, phase_mm)
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{thickness_mm:g}mm"
+    new_series = generate_uid(entropy_srcs=[series.series_uid, tag, f"{phase_mm:g}"])
+    uids = []
+    for m in range(ts.volume_hu.shape[0]):
+        k = int(np.argmax(w[m]))
+        ds = pydicom.dcmread(series.files[k])
+        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+        dtype = np.int16 if signed else np.uint16
+        info = np.iinfo(dtype)
+        stored = np.clip(np.round((ts.volume_hu[m] - inter) / slope), info.min, info.max).astype(dtype)
+        uid = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), tag, f"{phase_mm:g}"])
+        pos = np.asarray(ts.origin) + np.asarray(ts.direction)[:, 0] * thickness_mm * m
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SeriesInstanceUID = new_series
+        ds.SeriesDescription = f"{getattr(ds, 'SeriesDescription', '')} simulated {tag} slab average".strip()
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
+        ds.SliceThickness = f"{thickness_mm:g}"
+        ds.SpacingBetweenSlices = f"{thickness_mm:g}"
+        if "SliceLocation" in ds:
+            ds.SliceLocation = f"{pos[2]:.4f}"
+        ds.InstanceNumber = m + 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelData = stored.tobytes()
+        ds.save_as(out / f"{m + 1:04d}.dcm", enforce_file_format=True)
+        uids.append(uid)
+    ts.sop_instance_uids = uids
+    ts.series_uid = new_series
+    ts.files = [out / f"{m + 1:04d}.dcm" for m in range(len(uids))]
+    return ts, w
+
+
+def insert_crop(volume_hu: np.ndarray, spacing: Sequence[float], centre_kji: Sequence[float],
+                crop_hu: np.ndarray, crop_mask: np.ndarray, crop_spacing: Sequence[float],
+                phase_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Paste a real nodule (HU crop and its mask, ``(k, j, i)`` at ``crop_spacing``) into ``volume_hu`` in place.
+
+    The mask and the mask-weighted HU are box-averaged (:func:`box_weights`) from the crop's grid
+    onto the volume's grid along every axis, so a thin-slice nodule gets the partial volume of the
+    volume's slices: new HU = (1 - p) * old + mean(mask * crop HU), with ``p`` the averaged mask.
+    Only the nodule (mask) is pasted, not the crop's surroundings. The mask's centroid lands on
+    ``centre_kji``. Returns ``(crop slices, p)`` like :func:`insert_nodule`.
+
+    >>> v = np.full((10, 40, 40), -850.0, np.float32)
+    >>> m = np.zeros((12, 20, 20), bool); m[1:11, 5:15, 5:15] = True
+    >>> sl, p = insert_crop(v, (5.0, 1.0, 1.0), (5, 20, 20), np.full(m.shape, 30.0), m, (1.0, 1.0, 1.0))
+    >>> round(float(v[5, 20, 20])), round(float(p.max()), 2), round(float(v[0, 0, 0]))
+    (30, 1.0, -850)
+    """
+    m = np.asarray(crop_mask) > 0
+    if m.shape != np.shape(crop_hu) or not m.any():
+        raise ParameterError("crop_mask", f"needs a non-empty mask of the crop's shape {np.shape(crop_hu)}, got {m.shape}")
+    num = np.where(m, np.asarray(crop_hu, np.float64), 0.0)
+    den = m.astype(np.float64)
+    for a in range(3):
+        w = box_weights(m.shape[a], float(crop_spacing[a]), float(spacing[a]), float(phase_mm[a]), complete=False)
+        num = np.moveaxis(np.tensordot(w, np.moveaxis(num, a, 0), axes=(1, 0)), 0, a)
+        den = np.moveaxis(np.tensordot(w, np.moveaxis(den, a, 0), axes=(1, 0)), 0, a)
+    c = np.array(ndi.center_of_mass(den))
+    start = [int(round(centre_kji[a] - c[a])) for a in range(3)]
+    src, dst = [], []
+    for a in range(3):
+        s0, s1 = start[a], start[a] + den.shape[a]
+        d0, d1 = max(s0, 0), min(s1, volume_hu.shape[a])
+        if d1 <= d0:
+            raise ParameterError("centre_kji", f"{tuple(centre_kji)} puts the crop outside the volume {volume_hu.shape}")
+        src.append(slice(d0 - s0, d1 - s0))
+        dst.append(slice(d0, d1))
+    p = np.clip(den[tuple(src)], 0.0, 1.0).astype(np.float32)
+    q = num[tuple(src)].astype(np.float32)
+    sl = tuple(dst)
+    volume_hu[sl] = (1.0 - p) * volume_hu[sl] + q
+    return sl, p
 
 
 # ----------------------------------------------------------------------------------------------
