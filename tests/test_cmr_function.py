@@ -190,10 +190,11 @@ def bundle():
     return load_bundle(path)
 
 
-def test_card_says_phantom_only_and_matches_targets(bundle) -> None:
+def test_card_states_validation_and_matches_targets(bundle) -> None:
     card = bundle.card
     text = json.dumps(card).lower()
-    assert "only on synthetic phantoms" in text and "real-data validation is pending" in text
+    assert "3 real patients" in text and "heart failure with infarct" in text and "leave-one-patient-out" in text
+    assert "strains are validated on phantoms only" in text or "validated on synthetic phantoms only" in text
     assert "backhaus" in text and "0.81" in text and "1.12" in text
     perf = card["performance"]
     assert perf["n_cases"] == cmr.EVAL_N and f"seed={cmr.EVAL_SEED}" in perf["data"]
@@ -205,7 +206,7 @@ def test_card_says_phantom_only_and_matches_targets(bundle) -> None:
 
 @pytest.mark.slow
 def test_predict_meets_targets_on_held_out_phantoms(bundle) -> None:
-    """Three evaluation-range seeds (disjoint from training): mean absolute errors within the targets."""
+    """Three evaluation-range seeds (disjoint from training): GCS within its target, EF and GRS bounded."""
     errs: dict[str, list[float]] = {"ef_pct": [], "gcs_pct": [], "grs_pct": []}
     for seed in (920001, 920002, 920003):       # never used in training, development or the card
         cine, t = make_cine(seed)
@@ -215,9 +216,13 @@ def test_predict_meets_targets_on_held_out_phantoms(bundle) -> None:
         for k in errs:
             errs[k].append(abs(pred[k] - t[k]))
         assert abs(pred["edv_ml"] - t["edv_ml"]) < 0.12 * t["edv_ml"]
-    assert np.mean(errs["ef_pct"]) <= cmr.TARGETS["ef"]
+    # 1.1.0 on these three: EF errors 6.9, 0.3, 4.2 (MAE 3.8; the card's 30 phantoms: EF MAE 2.2): fine-tuning on
+    # real contours costs phantom accuracy (1.0.0, phantom-only: card EF MAE 0.6). Bounded, not held to the target.
+    assert np.mean(errs["ef_pct"]) <= 5.0
     assert np.mean(errs["gcs_pct"]) <= cmr.TARGETS["gcs"]
-    assert np.mean(errs["grs_pct"]) <= cmr.TARGETS["grs"]
+    # 1.1.0 (fine-tuned on real contours) misses the 1.5-point GRS target on phantoms (card: GRS MAE 2.8);
+    # held to a regression bound, the card states the miss (targets_met.grs is False)
+    assert np.mean(errs["grs_pct"]) <= 4.0
 
 
 def test_to_findings(bundle) -> None:
@@ -271,6 +276,62 @@ def test_quick_train_writes_a_loadable_bundle(tmp_path) -> None:
     b = load_bundle(path)
     assert b.card["task"] == "cmr-function" and b.card["training_data"]["n_cases"] == 4
     assert b.card["performance"]["n_cases"] == 2 and "ef_mae" in b.metadata["eval_metrics"]
-    assert (path / "docs" / "README.md").read_text().count("ONLY on synthetic phantoms") >= 1
+    assert (path / "docs" / "README.md").read_text().count("3 real patients") >= 1
+    assert (path / "models" / cmr.BASE_WEIGHTS).is_file()
     cine, t = make_cine(920010, n_frames=4, supersample=1)
     assert cmr.predict(b, cine, t["geometry"])["masks"].shape == cine.shape
+
+
+def test_card_reports_real_data_leave_one_patient_out(bundle) -> None:
+    """The card's real-data section: LOPO on 3 Sunnybrook patients, with its command and the baseline."""
+    real = bundle.card["performance"]["real_data_lopo"]
+    assert real["split"] == "leave-one-patient-out" and real["n_patients"] == 3
+    assert real["pathology"] == ["Heart failure with infarct"]
+    assert real["evaluation_command"] == "cds evaluate cmr-function --data <DIR> --split lopo --json"
+    assert set(real["metrics"]) >= {"ef_mae", "edv_mae", "esv_mae", "lv_mass_mae"}
+    for m in real["metrics"].values():
+        assert m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    assert {c["patient_id"] for c in real["cases"]} == {"SCD0000101", "SCD0000201", "SCD0000301"}
+    assert all(f["trained_on_patients"] == sorted(set(real["folds"]) - {p}) for p, f in real["folds"].items())
+    assert "ef_mae" in real["comparisons"]["phantom_only_baseline"]
+    assert any("CIs are wide" in n for n in real["notes"])
+    readme = (bundle.path / "docs" / "README.md").read_text()
+    assert "Real data lopo" in readme and "--split lopo" in readme
+    assert (bundle.path / "models" / cmr.BASE_WEIGHTS).stat().st_size < 3 * 1024 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_real_card_numbers_equal_a_lopo_rerun(bundle, shared_data, tmp_path) -> None:
+    """Rerun the committed LOPO evaluation (3 fold fine-tunes, ~20 min on one thread): the card's numbers come back."""
+    real = bundle.card["performance"]["real_data_lopo"]
+    r = cmr.lopo(shared_data / "sunnybrook-cmr", bundle_dir=bundle.path, n_boot=real["bootstrap"]["n_boot"])
+    for k, m in real["metrics"].items():
+        assert m["value"] == pytest.approx(r["metrics"][k]["value"], abs=2e-3), k
+
+
+def test_phantom_cycle_start_moves_ed() -> None:
+    frames = list(range(0, 20, 1))
+    _, t = make_cine(4, n_frames=20, rows=48, cols=48, supersample=1, frames=frames, cycle_start=0.5)
+    assert t["ed_frame"] == 10 and t["params"]["cycle_start"] == 0.5
+    _, t0 = make_cine(4, n_frames=20, rows=48, cols=48, supersample=1, frames=[0])
+    assert t0["ed_frame"] == 0 and t0["edv_ml"] == pytest.approx(t["edv_ml"])
+    with pytest.raises(ParameterError, match="cycle_start"):
+        sample_params(4, cycle_start=1.5)
+
+
+def test_masked_loss_uses_only_the_known_classes() -> None:
+    import torch
+
+    logits = torch.randn(3, 4, 8, 8, requires_grad=True)
+    t = torch.zeros(3, 4, 8, 8)
+    t[:, 1, 2:5, 2:5] = 1.0
+    t[:, 0] = 1 - t[:, 1]
+    kinds = torch.tensor([cmr.KIND_FULL, cmr.KIND_LV_MYO, cmr.KIND_LV])
+    cmr._masked_loss(logits, t, kinds).backward()
+    g = logits.grad
+    # an ES image (LV only) gives no gradient that moves probability between background, myocardium and RV
+    p = torch.softmax(logits, 1)[2].detach()
+    rest = g[2, [0, 2, 3]]
+    assert torch.allclose(rest / p[[0, 2, 3]], (rest / p[[0, 2, 3]])[:1].expand_as(rest), atol=1e-5)
+    assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0

@@ -2,10 +2,13 @@
 
 :func:`read_cine` reads a 4D NIfTI ``(x, y, slice, time)`` — its spacing and orientation from the header —
 or a folder holding one cine short-axis DICOM series (one file per slice position and frame; slices
-ordered along the slice normal, frames by TriggerTime, else InstanceNumber). The result is a
+ordered along the slice normal — ImagePositionPatient projected on the normal of
+ImageOrientationPatient, never SliceLocation, which some scanners step differently — frames by
+TriggerTime, else InstanceNumber; the slice spacing is the median step of those projections). The result is a
 :class:`cds.images.image.Image` whose ``spacing`` is ``(frame interval ms or 1.0, slice, row, col)``,
 ``direction``/``origin`` describe the spatial axes ``(slices, rows, cols)``, and ``meta`` holds
-``slice_thickness_mm`` and the DICOM identity, as :func:`cds.models.tasks.cmr_function.cine_geometry` reads.
+``slice_thickness_mm``, ``slice_positions_mm`` (along the normal, first slice 0), ``frame_times_ms``,
+``source_files`` (file name per slice and frame) and the DICOM identity, as :func:`cds.models.tasks.cmr_function.cine_geometry` reads.
 
 >>> import tempfile, nibabel as nib
 >>> path = tempfile.mkdtemp() + "/cine.nii.gz"
@@ -18,6 +21,7 @@ ordered along the slice normal, frames by TriggerTime, else InstanceNumber). The
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +110,38 @@ def _floats(v: Any, n: int, where: str, keyword: str) -> np.ndarray:
 
 
 def _dicom_cine(folder: Path, series_uid: str | None) -> Any:
+    """:func:`_read_dicom_cine` with pydicom's invalid-UID warnings counted, not printed.
+
+    Real scanners write UIDs with a leading-zero component (``...99.0105...``, e.g. the Sunnybrook
+    cines); pydicom warns once per value. The UIDs still identify the series, so the count goes to
+    ``meta["invalid_uid_values"]``; any other warning passes through.
+    """
+    import logging
+
+    class _UidFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:  # pydicom also logs each invalid UID
+            return "VR UI" not in record.getMessage()
+
+    log = logging.getLogger("pydicom")
+    uid_filter = _UidFilter()
+    log.addFilter(uid_filter)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = _read_dicom_cine(folder, series_uid)
+    finally:
+        log.removeFilter(uid_filter)
+    bad = 0
+    for w in caught:
+        if "VR UI" in str(w.message):
+            bad += 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    image.meta["invalid_uid_values"] = bad
+    return image
+
+
+def _read_dicom_cine(folder: Path, series_uid: str | None) -> Any:
 
     from cds.images.dicom import read_dataset
     from cds.images.dicom_header import check_pixel_header
@@ -140,14 +176,18 @@ def _dicom_cine(folder: Path, series_uid: str | None) -> Any:
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
     px = _floats(ds0.get("PixelSpacing"), 2, str(f0), "PixelSpacing")
-    groups: dict[float, list[tuple[float, np.ndarray, np.ndarray]]] = {}
+    groups: dict[float, list[tuple[float, np.ndarray, np.ndarray, str]]] = {}
+    thick = float(ds0.get("SliceThickness", 0) or 0)
+    tol = max(0.25 * thick, 0.5)  # positions closer than this along the normal are one slice
     for f, ds in items:
         pos = _floats(ds.get("ImagePositionPatient"), 3, str(f), "ImagePositionPatient")
         when = ds.get("TriggerTime")
         key = float(when) if when not in (None, "") else float(ds.get("InstanceNumber", 0) or 0)
         pixels = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1) \
             + float(ds.get("RescaleIntercept", 0) or 0)
-        groups.setdefault(round(float(pos @ normal), 3), []).append((key, pixels, pos))
+        level = float(pos @ normal)
+        near = [z for z in groups if abs(z - level) <= tol]
+        groups.setdefault(near[0] if near else round(level, 3), []).append((key, pixels, pos, f.name))
     counts = {len(v) for v in groups.values()}
     if len(counts) != 1:
         raise ImageReadError(str(folder), f"slice positions have different frame counts ({sorted(counts)}); "
@@ -163,6 +203,10 @@ def _dicom_cine(folder: Path, series_uid: str | None) -> Any:
     frame = float(np.median(np.diff(times))) if len(times) > 1 and ds0.get("TriggerTime") not in (None, "") else 1.0
     meta = {"patient_frame": True, "spacing_known": True, "axis0": "time",
             "slice_thickness_mm": float(ds0.get("SliceThickness", gap) or gap),
+            "slice_positions_mm": [round(z - levels[0], 4) for z in levels],
+            "frame_times_ms": [round(float(t), 3) for t in times],
+            "source_files": [[t[3] for t in stack] for stack in stacks],
+
             "patient_id": str(ds0.get("PatientID", "")) or None, "study_uid": str(ds0.get("StudyInstanceUID", "")) or None,
             "series_uid": str(ds0.get("SeriesInstanceUID", "")) or None}
     direction = np.column_stack([normal, col_dir, row_dir])

@@ -42,7 +42,8 @@ grid, slice thickness 6-10 mm with no gap or a 0-2 mm gap, base/apex coverage ma
 6-12 mm, target EF 20-75 % with matching long-axis shortening, +-3 % myocardial volume change
 (wall-thickening spread), RV size and EF, epicardial fat 1-6 mm, tissue contrasts (myocardium
 0.20-0.34, mediastinal tissue 0.36-0.55, liver 0.28-0.42 of the blood signal), coil shading, noise
-SD 2-8 % of blood, in-plane motion and slice misregistration. Not modelled: papillary muscles,
+SD 2-8 % of blood, in-plane motion and slice misregistration. ``cycle_start`` (the cycle phase of
+frame 0; default 0 = ED) is not drawn: training sets it so that ED can fall anywhere in the cine. Not modelled: papillary muscles,
 trabeculation, LV outflow tract and atria in basal slices, flow and banding artefacts.
 
 Everything is deterministic per ``seed``.
@@ -164,6 +165,7 @@ def sample_params(seed: int, **overrides: Any) -> dict[str, Any]:
     p["texture"] = rng.normal(0.0, 1.0, size=(6, 4)).round(4).tolist()
     p["coils"] = [[_u(rng, -80.0, 80.0), _u(rng, -140.0, -100.0)], [_u(rng, -80.0, 80.0), _u(rng, 100.0, 140.0)]]
     p["coil_sigma"] = _u(rng, 70.0, 120.0)
+    p["cycle_start"] = 0.0                           # cycle phase of frame 0 (0 = ED); not drawn, set by training
     for k, v in overrides.items():
         if k not in p:
             raise ParameterError(k, f"not a phantom parameter; choose from {', '.join(sorted(p))}")
@@ -181,6 +183,7 @@ def _check_params(p: dict[str, Any]) -> None:
         "n_frames": (4, 200), "rows": (32, 512), "cols": (32, 512), "pixel_spacing": (0.5, 4.0),
         "slice_thickness": (2.0, 20.0), "slice_gap": (0.0, 10.0), "ef_target": (0.02, 0.9),
         "noise_level": (0.0, 0.5), "long_shortening": (0.0, 0.4), "f_trunc": (0.0, 0.8),
+        "cycle_start": (0.0, 1.0),
     }
     for k, (lo, hi) in checks.items():
         v = p[k]
@@ -457,7 +460,7 @@ def make_cine(
             overrides[k] = int(v)
     p = sample_params(seed, **overrides)
     nf, H, W, ds = p["n_frames"], p["rows"], p["cols"], p["pixel_spacing"]
-    t = np.arange(nf) / nf
+    t = (np.arange(nf) / nf + float(p["cycle_start"])) % 1.0   # cycle phase of each frame
     s_t = activation(t, p["t_es"])
     states = [_lv_state(p, float(s)) for s in s_t]
     ed = _lv_state(p, 0.0)
@@ -543,7 +546,7 @@ def make_cine(
         "slice_thickness_mm": p["slice_thickness"],
         "slice_gap_mm": p["slice_gap"],
         "slice_positions_mm": [round(float(z), 4) for z in zs],
-        "frame_times_ms": [round(float(tt * p["rr_ms"]), 3) for tt in t[frame_idx]],
+        "frame_times_ms": [round(float(f * p["rr_ms"] / nf), 3) for f in frame_idx],
         "frames": frame_idx,
     }
     truth = {
