@@ -4,7 +4,9 @@ A model is a folder laid out as a MONAI bundle::
 
     <model-id>/
         configs/metadata.json    the model card (MONAI metadata + a "cds" section, below)
-        configs/inference.json   MONAI bundle config; its "network_def" builds the network
+        configs/inference.json   MONAI bundle config; its "network_def" builds the network, and it runs under
+                                 ``python -m monai.bundle run`` (:func:`monai_inference`, :mod:`cds.models.bundle_run`)
+        configs/sample.json      the default input of that run (optional)
         models/model.pt          the weights (a state_dict), unless the card says otherwise
         docs/README.md           the human-readable model card (optional)
 
@@ -74,7 +76,10 @@ from typing import Any
 from cds.errors import CdsError
 from cds.models.card import ModelCard
 
-__all__ = ["Bundle", "load_bundle", "save_bundle", "BundleError"]
+__all__ = ["Bundle", "load_bundle", "save_bundle", "BundleError", "monai_inference", "DEVICE_EXPR"]
+
+DEVICE_EXPR = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
+"""The ``device`` of every inference.json cds writes: chosen when the bundle runs, never fixed to cpu."""
 
 
 class BundleError(CdsError):
@@ -132,11 +137,30 @@ class Bundle:
             parser[k] = v
         return parser
 
-    def network(self, device: str = "cpu") -> Any:
-        """Build ``network_def`` and load ``models/model.pt`` into it (cached, eval mode)."""
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` inference.json's ``device`` gives now (``cuda`` when available for cds bundles)."""
+        import torch
+
+        v = self.inference.get("device", "cpu")
+        if isinstance(v, str) and v.startswith("$"):
+            try:
+                v = self.parser().get_parsed_content("device")
+            except Exception as exc:  # noqa: BLE001 - name the bundle and the entry
+                raise BundleError(f"{self.path}/configs/inference.json: cannot evaluate 'device': {exc}") from exc
+        return torch.device(v)
+
+    def network(self, device: Any = None) -> Any:
+        """Build ``network_def`` and load ``models/model.pt`` into it (cached, eval mode) on ``device``
+        (default: :attr:`device`, chosen at run time).
+
+        On a GPU the network's inputs are moved to it and its outputs back to the CPU (forward hooks), so
+        task code that feeds numpy-made CPU tensors and reads ``.numpy()`` runs unchanged.
+        """
         if self._network is None:
             import torch
 
+            dev = torch.device(device) if device is not None else self.device
             try:
                 net = self.parser().get_parsed_content("network_def", instantiate=True)
             except Exception as exc:  # noqa: BLE001 - surface which bundle failed and why
@@ -144,7 +168,7 @@ class Bundle:
             if not self.weights_path.exists():
                 raise BundleError(f"{self.weights_path}: weights file missing")
             try:
-                state = torch.load(self.weights_path, map_location=device, weights_only=True)
+                state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001
                 raise BundleError(f"{self.weights_path}: cannot load weights: {exc}") from exc
             if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -153,9 +177,31 @@ class Bundle:
                 net.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001
                 raise BundleError(f"{self.weights_path}: weights do not fit network_def: {exc}") from exc
-            net.to(device).eval()
-            self._network = net
+            self._network = _on_device(net.eval(), dev)
         return self._network
+
+
+def _to(v: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, tuple | list):
+        return type(v)(_to(x, device) for x in v)
+    if isinstance(v, dict):
+        return {k: _to(x, device) for k, x in v.items()}
+    return v
+
+
+def _on_device(net: Any, device: Any) -> Any:
+    """``net`` moved to ``device``; off the CPU, hooks move its inputs there and its outputs back to the CPU."""
+    if device.type == "cpu":
+        return net
+    net.to(device)
+    net.register_forward_pre_hook(lambda mod, args, kwargs: (_to(args, device), _to(kwargs, device)),
+                                  with_kwargs=True)
+    net.register_forward_hook(lambda mod, args, out: _to(out, "cpu"))
+    return net
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -198,6 +244,56 @@ def _keep_intended_for(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     return {**metadata, "cds": merged}
 
 
+def monai_inference(network_def: dict[str, Any], extra: dict[str, Any] | None = None,
+                    generic: bool = False) -> dict[str, Any]:
+    """The inference.json of a cds bundle: ``network_def`` plus what ``python -m monai.bundle run`` runs
+    (the components of :mod:`cds.models.bundle_run`), then the task's own entries ``extra``.
+
+    A text ``preprocessing`` in ``extra`` (a description, as older bundles had) moves to
+    ``preprocessing_description``. With ``generic`` (a card with a ``kind``, :mod:`cds.models.generic`)
+    ``preprocessing`` and ``inferer`` are the kind's own array transforms and MONAI inferer (default: none, and
+    ``SimpleInferer``), which its task applies inside ``task_inferer``; otherwise pipeline entries in ``extra``
+    are replaced (idempotent).
+
+    >>> inf = monai_inference({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 1}, {"cv": 5})
+    >>> inf["device"] == DEVICE_EXPR, inf["run"], inf["cv"]
+    (True, ['$@postprocessing(@inferer(@preprocessing(@input)))'], 5)
+    >>> monai_inference(inf["network_def"], inf) == inf
+    True
+    """
+    extra = dict(extra or {})
+    if isinstance(extra.get("preprocessing"), str):
+        extra["preprocessing_description"] = extra.pop("preprocessing")
+    pipeline: dict[str, Any] = {
+        "imports": ["$import cds.models.bundle_run as bundle_run"],
+        "bundle_root": ".",
+        "device": DEVICE_EXPR,
+        "output_dir": "$@bundle_root + '/eval'",
+        "input": "$bundle_run.sample_input(@bundle_root, @output_dir)",
+        "sample": "$bundle_run.sample_facts(@bundle_root, @input)",
+        "ehr": "$@sample.get('ehr', {})",
+        "age_years": "$@sample.get('age_years')",
+        "view": "$@sample.get('view')",
+        "bundle": "$bundle_run.open_bundle(@bundle_root)",
+        "network_def": network_def,
+        "network": "$@bundle.network(@device)",
+        "read_study": {"_target_": "cds.models.bundle_run.ReadStudy", "bundle": "@bundle", "ehr": "@ehr",
+                       "age_years": "@age_years", "view": "@view"},
+        "task_inferer": {"_target_": "cds.models.bundle_run.TaskInferer", "bundle": "@bundle", "network": "@network",
+                         "device": "@device"},
+        "preprocessing": {"_target_": "Compose", "transforms": ["@read_study"]},
+        "inferer": "@task_inferer",
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "cds.models.bundle_run.WriteFindings", "output_dir": "@output_dir", "bundle": "@bundle"}]},
+        "run": ["$@postprocessing(@inferer(@preprocessing(@input)))"],
+    }
+    if generic:  # a generic kind applies preprocessing (array transforms) and inferer inside its predict
+        pipeline["run"] = ["$@postprocessing(@task_inferer(@read_study(@input)))"]
+        pipeline["preprocessing"] = extra.pop("preprocessing", {"_target_": "Compose", "transforms": []})
+        pipeline["inferer"] = extra.pop("inferer", {"_target_": "SimpleInferer"})
+    return {**pipeline, **{k: v for k, v in extra.items() if k not in pipeline}}
+
+
 def save_bundle(
     path: str | Path,
     metadata: dict[str, Any],
@@ -206,15 +302,28 @@ def save_bundle(
     inference_extra: dict[str, Any] | None = None,
     readme: str | None = None,
 ) -> Path:
-    """Write a bundle folder; returns its path. ``network_def`` is a MONAI config dict."""
+    """Write a bundle folder; returns its path. ``network_def`` is a MONAI config dict.
+
+    ``inference.json`` is :func:`monai_inference` (runnable by ``python -m monai.bundle run``) and
+    ``metadata.json`` is put in the normal form of :func:`cds.models.bundle_check.normalise_metadata`
+    (valid against MONAI's schema, outputs described as the logits they are); a default
+    ``configs/sample.json`` is written when the folder has none and one fits the task.
+    """
     import torch
+
+    from cds.models.bundle_check import normalise_metadata
+    from cds.models.bundle_run import default_sample
 
     p = Path(path)
     (p / "configs").mkdir(parents=True, exist_ok=True)
     (p / "models").mkdir(parents=True, exist_ok=True)
-    inference = {"bundle_root": ".", "device": "cpu", "network_def": network_def, **(inference_extra or {})}
+    metadata = normalise_metadata(_keep_intended_for(p / "configs" / "metadata.json", metadata))
+    card = metadata.get("cds") or {}
+    inference = monai_inference(network_def, inference_extra, generic=bool(card.get("kind") and not card.get("task")))
     (p / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
-    metadata = _keep_intended_for(p / "configs" / "metadata.json", metadata)
+    sample = default_sample(card.get("task"), card.get("modality"))
+    if sample is not None and not (p / "configs" / "sample.json").exists():
+        (p / "configs" / "sample.json").write_text(json.dumps(sample, indent=2) + "\n")
     (p / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
     if state_dict is not None:
         torch.save(state_dict, p / "models" / "model.pt")

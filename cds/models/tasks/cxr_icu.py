@@ -609,8 +609,8 @@ def predict(bundle: Any, image_array: Any, ehr: dict[str, Any] | None) -> dict[s
     img = image_features(raw)[None]
     z = standardized(recipe, labs, img)[0]
     net = b.network()
-    w = net.weight.detach().numpy()[0].astype(float)
-    logit = float(z @ w + float(net.bias.detach().numpy()[0]))
+    w = net.weight.detach().cpu().numpy()[0].astype(float)
+    logit = float(z @ w + float(net.bias.detach().cpu().numpy()[0]))
     contrib = {n: round(float(c), 4) for n, c in zip(recipe["feature_names"], z * w, strict=True)}
     return {"probability": float(sigmoid(np.array([logit]))[0]), "logit": logit,
             "threshold": b.model_card.threshold, "indeterminate": b.model_card.indeterminate,

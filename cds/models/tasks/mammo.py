@@ -653,7 +653,7 @@ def bundle_linear(bundle: Any) -> tuple[np.ndarray, np.ndarray]:
 
     net = bundle.network()
     with torch.no_grad():
-        return net.weight.detach().double().numpy(), net.bias.detach().double().numpy()
+        return net.weight.detach().cpu().double().numpy(), net.bias.detach().cpu().double().numpy()
 
 
 # ----------------------------------------------------------------------------------- bundle I/O
