@@ -24,7 +24,7 @@ __all__ = [
     "RISK_PROBABILITY", "AI_CONFIDENCE_URL", "CDS_BASE", "CDS_STRUCTURE_DEFINITION", "CDS_CODE_SYSTEM",
     "LOCATION_URL", "SERIES_URL", "MODEL_CARD_URL", "INSTANCE_LOCATION_URL", "VIEW_POSITION_URL",
     "FINDING_ID_SYSTEM", "REVIEWER_ID_SYSTEM", "CDS_CODES", "OVERRIDE_REASON_SYSTEM", "CARDIAC_RISK_CODES",
-    "CMR_MEASURE_CODES", "MIAS_TISSUE_CODES", "BIRADS_DENSITY_SYSTEM", "SAX_STRUCTURE_SYSTEM", "AIAST", "PSEUDED", "REPORT_CODE", "RADIOLOGY", "IMAGING", "SURVEY",
+    "CMR_MEASURE_CODES", "MIAS_TISSUE_CODES", "NODULE_SUSPICION_CODES", "LUNG_RADS_SIZE_BAND_CODES", "BIRADS_DENSITY_SYSTEM", "SAX_STRUCTURE_SYSTEM", "AIAST", "PSEUDED", "REPORT_CODE", "RADIOLOGY", "IMAGING", "SURVEY",
     "INTERPRETATION", "CATEGORY_INTERPRETATION", "PRESENCE", "QUALITATIVE_RISK", "LOCAL_DISPLAYS", "coding",
     "EXTRA_MEASUREMENTS", "BODY_SITE_CODES", "FINDING_BODY_SITE", "UCUM_UNITS",
 ]
@@ -83,6 +83,11 @@ CARDIAC_RISK_CODES = CDS_CODE_SYSTEM + "cardiac-risk"
 CMR_MEASURE_CODES = CDS_CODE_SYSTEM + "cmr-measures"
 #: Local code system of the mini-MIAS background tissue classes (F, G, D) of the mammo-density task.
 MIAS_TISSUE_CODES = CDS_CODE_SYSTEM + "mias-background-tissue"
+#: Local code system of ct-nodule-characterisation's suspicion output (LIDC radiologists' rating >= 4 of 5; not pathology).
+NODULE_SUSPICION_CODES = CDS_CODE_SYSTEM + "nodule-suspicion"
+#: Local code system of the Lung-RADS v2022 baseline solid-nodule size bands ("2", "3", "4A", "4B"): a size
+#: category only, deliberately not the Lung-RADS assessment category (which also needs type, growth, morphology).
+LUNG_RADS_SIZE_BAND_CODES = CDS_CODE_SYSTEM + "lung-rads-2022-size-band"
 #: Local code system of the ACR BI-RADS 5th edition breast composition categories (codes "A".."D"; Zoo adapter).
 BIRADS_DENSITY_SYSTEM = "urn:cds:codesystem:acr-birads-breast-density"
 #: Local code system of the Zoo ventricular bundle's structures; codes are its metadata ``channel_def`` names.

@@ -16,7 +16,7 @@ from cds.errors import ModelInputError, ParameterError
 from cds.models.registry import BUILTIN_DIR, ModelRegistry, ehr_inputs_for
 
 BUILTIN = {"pneumonia", "cxr-cardiomegaly", "cxr-icu", "ct-lung-nodule", "mammo-density", "mammo-abnormality",
-           "cmr-function"}
+           "cmr-function", "ct-nodule-characterisation"}
 
 
 @pytest.fixture(scope="module")

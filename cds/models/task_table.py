@@ -19,6 +19,7 @@ from cds.models.tasks import (
     TASK_NAMES,
     cmr_function,
     ct_lung_nodule,
+    ct_nodule_characterisation,
     cxr_cardiomegaly,
     cxr_icu,
     mammo_abnormality,
@@ -29,7 +30,7 @@ from cds.models.tasks import (
 __all__ = ["TASKS", "TASK_MODULES", "TASK_NAMES", "task"]
 
 _MODULES: tuple[ModuleType, ...] = (pneumonia, cxr_cardiomegaly, cxr_icu, ct_lung_nodule, mammo_density,
-                                    mammo_abnormality, cmr_function)
+                                    mammo_abnormality, cmr_function, ct_nodule_characterisation)
 
 TASKS: dict[str, TrainableTask] = {m.TASK.name: m.TASK for m in _MODULES}
 """Reference task name -> its task object."""
@@ -44,7 +45,7 @@ def task(name: str) -> TrainableTask:
     >>> task("nope")
     Traceback (most recent call last):
     ...
-    cds.errors.ParameterError: task: unknown task 'nope'; choose one of: pneumonia, cxr-cardiomegaly, cxr-icu, ct-lung-nodule, mammo-density, mammo-abnormality, cmr-function
+    cds.errors.ParameterError: task: unknown task 'nope'; choose one of: pneumonia, cxr-cardiomegaly, cxr-icu, ct-lung-nodule, mammo-density, mammo-abnormality, cmr-function, ct-nodule-characterisation
     """
     from cds.errors import ParameterError
 

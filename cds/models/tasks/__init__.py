@@ -7,4 +7,4 @@ objects (a test checks the two agree).
 """
 
 TASK_NAMES: tuple[str, ...] = ("pneumonia", "cxr-cardiomegaly", "cxr-icu", "ct-lung-nodule", "mammo-density",
-                               "mammo-abnormality", "cmr-function")
+                               "mammo-abnormality", "cmr-function", "ct-nodule-characterisation")
