@@ -94,7 +94,11 @@ class OutputSpec:
 
     @classmethod
     def from_dict(cls, d: Any, index: int, where: str) -> OutputSpec:
-        """Parse ``outputs[index]``; ``channel`` defaults to ``index``."""
+        """Parse ``outputs[index]``; ``channel`` defaults to ``index``; a unit word maps to UCUM (``percent`` -> ``%``).
+
+        >>> OutputSpec.from_dict({"code_system": "s", "code": "c", "display": "EF", "unit": "percent"}, 0, "card").unit
+        '%'
+        """
         if not isinstance(d, dict):
             raise _error(where, f"outputs[{index}]", f"expected an object, got {d!r}")
         missing = [k for k in ("code_system", "code", "display") if not d.get(k)]
@@ -103,8 +107,13 @@ class OutputSpec:
         channel = d.get("channel", index)
         if isinstance(channel, bool) or not isinstance(channel, int) or channel < 0:
             raise _error(where, f"outputs[{index}].channel", f"expected a channel index >= 0, got {channel!r}")
+        unit = d.get("unit")
+        if isinstance(unit, str):  # cards spell "%" as "percent": MONAI's config parser reads "%..." as a macro
+            from cds.codes import UCUM_UNITS
+
+            unit = UCUM_UNITS.get(unit.lower(), unit)
         return cls(str(d["code_system"]), str(d["code"]), str(d["display"]), str(d.get("kind", "probability")),
-                   channel, d.get("unit"))
+                   channel, unit)
 
 
 @dataclass(frozen=True)

@@ -1298,15 +1298,15 @@ def _card(info: dict[str, Any], recipe: dict[str, Any], seed: int, quick: bool) 
         },
         "outputs": [
             {"code_system": LOINC, "code": "10230-1", "display": "Left ventricular Ejection fraction",
-             "kind": "measurement", "unit": "%"},
+             "kind": "measurement", "unit": "percent"},
             {"code_system": LOINC, "code": "75988-6", "display": "Left ventricular End diastolic volume",
              "kind": "measurement", "unit": "mL"},
             {"code_system": LOINC, "code": "75989-4", "display": "Left ventricular End systolic volume",
              "kind": "measurement", "unit": "mL"},
             {"code_system": CMR_MEASURE_CODES, "code": "lv-gcs", "display": "Left ventricular global circumferential "
-             "strain (CMR cine, mid-wall)", "kind": "measurement", "unit": "%"},
+             "strain (CMR cine, mid-wall)", "kind": "measurement", "unit": "percent"},
             {"code_system": CMR_MEASURE_CODES, "code": "lv-grs", "display": "Left ventricular global radial strain "
-             "(CMR cine, wall thickening)", "kind": "measurement", "unit": "%"},
+             "(CMR cine, wall thickening)", "kind": "measurement", "unit": "percent"},
             {"code_system": CMR_MEASURE_CODES, "code": LV_MASS[0], "display": LV_MASS[1], "kind": "measurement",
              "unit": "g"},
         ],
