@@ -308,6 +308,16 @@ def test_characterisation_reaches_findings_and_fhir() -> None:
     comps = {c["code"]["coding"][0]["display"]: c.get("valueQuantity", {}).get("value") for c in obs["component"]}
     assert comps["Diameter"] == 11.5 and comps["Volume"] == pytest.approx(0.64)
     assert "size category >8 mm" in obs["note"][0]["text"]
+    assert comps["Likelihood radiologists rate the nodule suspicious (LIDC >= 4; not pathology)"] == 0.42
+    assert not any("Lung-RADS" in k for k in comps)  # ">8 mm" is not a Lung-RADS size band: no coded band
+    fb = results_bundle([fu], {b.model_id: b}, recorded="2026-01-01T00:00:00Z")
+    obs = next(e["resource"] for e in fb["entry"] if e["resource"]["resourceType"] == "Observation")
+    bands = [c for c in obs["component"] if "Lung-RADS" in c["code"]["coding"][0]["display"]]
+    assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in bands] == ["3"]
+    assert not any("suspicious" in c["code"]["coding"][0]["display"] for c in obs["component"])  # not vouched
+    from fhir.resources.R4B.observation import Observation
+
+    Observation.model_validate(obs)
     with pytest.raises(ParameterError, match="characteriser"):
         class Bad(_FakeCharacteriser):
             def characterise(self, *a):  # noqa: ANN002, ANN202

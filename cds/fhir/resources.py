@@ -44,8 +44,10 @@ from cds.codes import (
     INTERPRETATION,
     LOCAL_DISPLAYS,
     LOCATION_URL,
+    LUNG_RADS_SIZE_BAND_CODES,
     MODEL_CARD_URL,
     NO_ANSWER_REASON,
+    NODULE_SUSPICION_CODES,
     PRESENCE,
     PROVENANCE_AGENT,
     QUALITATIVE_RISK,
@@ -462,6 +464,7 @@ def observation(f: Finding, run: RunContext, body_site_codes: Mapping[str, Mappi
         v = _finite(f.extra.get(key))
         if v is not None:
             components.append({"code": concept(system, code, display), "valueQuantity": quantity(v, unit)})
+    components += characterisation_components(f.extra.get("characterisation"))
     site = _body_site(f, run, body_site_codes)
     if site:
         obs["bodySite"] = site
@@ -473,6 +476,36 @@ def observation(f: Finding, run: RunContext, body_site_codes: Mapping[str, Mappi
     if components:
         obs["component"] = components
     return obs
+
+
+def characterisation_components(ch: Any) -> list[dict[str, Any]]:
+    """Observation components for a detected nodule's characterisation (``Finding.extra["characterisation"]``,
+    written by ct-lung-nodule from ct-nodule-characterisation): the Lung-RADS v2022 size band (a size category
+    only: "2", "3", "4A" or "4B") and the likelihood that radiologists rate the nodule suspicious (not
+    pathology). Diameter and volume
+    travel as the Finding's own ``diameter_mm`` / ``volume_ml`` components. Nothing for an error or no answer.
+
+    >>> [c["code"]["coding"][0]["code"] for c in characterisation_components(
+    ...     {"diameter_mm": 9.1, "volume_mm3": 390.0, "likelihood": 0.41, "size_category": "4A"})]
+    ['4A', 'radiologist-suspicious']
+    >>> characterisation_components({"error": "characterisation model unavailable"})
+    []
+    """
+    if not isinstance(ch, dict) or "error" in ch:
+        return []
+    out: list[dict[str, Any]] = []
+    band = ch.get("size_category")
+    if band in ("2", "3", "4A", "4B"):
+        out.append({"code": concept(LUNG_RADS_SIZE_BAND_CODES, band, f"Lung-RADS v2022 size category {band} "
+                                                                     "(size category only)"),
+                    "valueCodeableConcept": concept(LUNG_RADS_SIZE_BAND_CODES, band,
+                                                    f"Lung-RADS v2022 size category {band}")})
+    p = _finite(ch.get("likelihood"))
+    if p is not None:
+        out.append({"code": concept(NODULE_SUSPICION_CODES, "radiologist-suspicious",
+                                    "Likelihood radiologists rate the nodule suspicious (LIDC >= 4; not pathology)"),
+                    "valueQuantity": quantity(p, "1")})
+    return out
 
 
 # ---------------------------------------------------------------------------------- risk assessment
