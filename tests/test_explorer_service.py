@@ -166,8 +166,9 @@ def test_a_token_of_32_characters_is_accepted() -> None:
     assert check_token("k" * 32) == "k" * 32
 
 
-def test_cli_refuses_a_token_on_its_command_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["explorer", "--token", new_token()]) == 2
+@pytest.mark.parametrize("token", [new_token(), "-" + "k" * 42])  # a random token may start with "-"
+def test_cli_refuses_a_token_on_its_command_line(token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explorer", f"--token={token}"]) == 2
     err = capsys.readouterr().err
     assert "--token: a token on the command line is visible to every local user" in err
     assert "CDS_EXPLORER_TOKEN" in err and "Traceback" not in err
