@@ -33,6 +33,10 @@ reference_date = "2026-01-01"  # ages are computed at this date; FHIR recorded t
 minutes_per_study = 5.0  # triage simulation: reading minutes per study
 n_boot = 2000  # bootstrap resamples for 95 % confidence intervals
 validate = True  # validate every FHIR resource as R4 (fhir.resources.R4B)
+cache = "auto"  # result cache: "auto" (result-cache.sqlite in out_dir), a .sqlite path, or None (recompute all)
+workers = 0  # Dask LocalCluster worker processes for the models (0: in this process)
+scheduler = None  # or an existing Dask cluster, "tcp://HOST:PORT"
+decode_workers = None  # image decode processes ahead of each model (None: the CPU count; 0: in line)
 
 # %%
 # NBVAL_CHECK_OUTPUT

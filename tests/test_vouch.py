@@ -284,7 +284,7 @@ def test_a_study_past_the_time_limit_is_recorded_and_the_run_carries_on(registry
     root = _cohort_copy(tmp_path)
     cohort = cds.load_cohort(root, reference_date="2026-01-01")
     task = registry.task_for("cxr-icu")
-    real = task.predict
+    real = task.prepare  # cxr-icu's per-study work (features, labs, score) runs in prepare
     calls = {"n": 0}
 
     def slow_first(bundle, image, ehr):  # type: ignore[no-untyped-def]
@@ -293,8 +293,8 @@ def test_a_study_past_the_time_limit_is_recorded_and_the_run_carries_on(registry
             time.sleep(5)
         return real(bundle, image, ehr)
 
-    monkeypatch.setattr(task, "predict", slow_first)
-    result = registry.run("cxr-icu", cohort, time_limit_s=0.5)
+    monkeypatch.setattr(task, "prepare", slow_first)
+    result = registry.run("cxr-icu", cohort, time_limit_s=0.5, workers=0)
     assert len(result.failures) == 1 and result.failures[0].error == "StudyTimeLimitError"
     assert "time limit" in result.failures[0].message
     assert len(result.findings) == len(cohort.imaging.dropna(subset=["pixel_location"])) - 1

@@ -45,8 +45,11 @@ def ehr_inputs_for(card: ModelCard | dict[str, Any], cohort: Any, patient_id: st
     out = EhrInputs()
     if not specs:
         return out
-    pat = cohort.patients[cohort.patients["patient_id"] == patient_id]
-    prow = pat.iloc[0] if len(pat) else None
+    if hasattr(cohort, "patient_row"):  # indexed once per cohort: a cohort run stays linear in its size
+        prow = cohort.patient_row(patient_id)
+    else:
+        pat = cohort.patients[cohort.patients["patient_id"] == patient_id]
+        prow = pat.iloc[0] if len(pat) else None
     obs = None
     for spec in specs:
         name, source = spec["name"], str(spec.get("source", ""))
@@ -58,23 +61,27 @@ def ehr_inputs_for(card: ModelCard | dict[str, Any], cohort: Any, patient_id: st
         elif source.startswith("observation:"):
             code = source.split(":", 1)[1]
             if obs is None:
-                obs = cohort.patient(patient_id).observations
-            o = obs[(obs["code"] == code)]
+                obs = _observation_arrays(cohort.patient_rows("observations", patient_id) if hasattr(
+                    cohort, "patient_rows") else cohort.patient(patient_id).observations)
             lo, hi = spec.get("window_days", [-2, 2])
-            if len(o) and not pd.isna(when):
-                dt = (o["time"] - pd.Timestamp(when)).dt.total_seconds() / 86400.0
-                o = o[(dt >= lo) & (dt <= hi)].assign(_dist=dt.abs())
-                o = o.sort_values("_dist", kind="stable")
-                for _, r in o.iterrows():
-                    if pd.notna(r["value"]):
-                        value = float(r["value"])
-                    elif r["comparator"] in ("<", ">"):  # off scale: below / above the detection limit
-                        value = -np.inf if r["comparator"] == "<" else np.inf
-                    else:
-                        continue
-                    if isinstance(r["observation_id"], str):
-                        out.observation_ids[source] = r["observation_id"]
-                    break
+            if obs["n"] and not pd.isna(when):
+                hit = np.flatnonzero(obs["code"] == code)
+                if len(hit):
+                    dt = (obs["time"][hit] - pd.Timestamp(when).to_datetime64()) / np.timedelta64(1, "s") / 86400.0
+                    keep = (dt >= lo) & (dt <= hi)            # NaT compares False: left out
+                    hit, dt = hit[keep], dt[keep]
+                    for j in hit[np.argsort(np.abs(dt), kind="stable")]:
+                        v, comp = obs["value"][j], obs["comparator"][j]
+                        if pd.notna(v):
+                            value = float(v)
+                        elif comp in ("<", ">"):  # off scale: below / above the detection limit
+                            value = -np.inf if comp == "<" else np.inf
+                        else:
+                            continue
+                        oid = obs["observation_id"][j]
+                        if isinstance(oid, str):
+                            out.observation_ids[source] = oid
+                        break
         else:
             raise ParameterError(f"{model_id}: inputs.ehr[{name}].source",
                                  f"unknown EHR source {source!r}")
@@ -92,3 +99,13 @@ def ehr_inputs_for(card: ModelCard | dict[str, Any], cohort: Any, patient_id: st
         if source:
             out[source] = value
     return out
+
+
+def _observation_arrays(obs: pd.DataFrame) -> dict[str, Any]:
+    """One patient's observations as numpy columns (code, UTC time, value, comparator, id): the EHR
+    lookups of a cohort run select from them without building DataFrames per input."""
+    t = pd.to_datetime(obs["time"], utc=True) if len(obs) else pd.Series([], dtype="datetime64[ns, UTC]")
+    return {"n": len(obs), "code": obs["code"].to_numpy(dtype=object),
+            "time": t.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]"),
+            "value": obs["value"].to_numpy(dtype=object), "comparator": obs["comparator"].to_numpy(dtype=object),
+            "observation_id": obs["observation_id"].to_numpy(dtype=object)}

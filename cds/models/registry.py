@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cds.errors import CdsError, ModelInputError, NoAnswer, ParameterError, StudyTimeLimitError
+from cds.errors import ModelInputError, ParameterError, StudyTimeLimitError
 from cds.finding import Failure, Finding
 from cds.locations import BUNDLES_DIR
 from cds.models.bundle import Bundle, BundleError, load_bundle
@@ -51,7 +51,6 @@ from cds.models.vouch import (
     check_quality,
     check_record,
     facts_for,
-    read_id_map,
 )
 from cds.models.zoo import ZOO_TASKS, detect_zoo_bundle
 
@@ -235,74 +234,41 @@ class ModelRegistry:
 
     def run(self, model_id: str, cohort: Any, studies: pd.DataFrame | None = None,
             progress: bool = False, artifacts_dir: str | Path | None = None,
-            time_limit_s: float | None = None) -> RunResult:
+            time_limit_s: float | None = None, *, workers: int | None = None, batch_size: int | None = None,
+            explain: str | None = None, cache: Any = None, stats: Any = None) -> RunResult:
         """Run a model on the cohort's imaging series (or the given rows of ``cohort.imaging``).
 
-        Each series: read its pixels, pull the card's EHR inputs, :meth:`run_image` (the checks of
-        :mod:`cds.models.vouch` against the ImagingStudy row, then the task's ``predict``) with the row's
-        identity, then :func:`with_study_context`. A study the model must not answer for becomes a
+        Each series: read its pixels, pull the card's EHR inputs, the checks of :mod:`cds.models.vouch`
+        against the ImagingStudy row (:meth:`vouch`), then the task with the row's identity, then
+        :func:`with_study_context`. A study the model must not answer for becomes a
         :class:`Failure` whose ``state`` says why (``record-mismatch``, ``input-rejected``,
         ``outside-intended-use``); one that errors or runs past ``time_limit_s`` seconds
         (default ``$CDS_STUDY_TIME_LIMIT_S`` or :data:`DEFAULT_STUDY_TIME_LIMIT_S`) is ``failed``. With
         ``artifacts_dir``, explanation maps (GradCAM) are saved there as ``<finding id>.npy`` and
-        referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them.
+        referenced from ``Finding.extra["heatmap"]`` so viewers can overlay them — by default only for
+        studies with a positive or indeterminate Finding (``explain``: none / positives / all).
+
+        The studies stream through :func:`cds.inference.stream.stream_run`: ``workers`` decode
+        processes ahead of batched forward passes of ``batch_size``; with ``cache`` (a
+        :class:`cds.inference.cache.ResultCache`) stored answers are reused and new ones stored.
+        Findings and failures come back in row order, whatever the workers and batches.
         """
-        from cds.images.dicom import SeriesMismatchError
-        from cds.images.read import read_image
+        from cds.inference.stream import BATCH_SIZE, stream_run
 
         b = self.get(model_id)
-        limit = _time_limit(time_limit_s)
         rows = self._eligible(b, cohort.imaging if studies is None else studies)
-        root = _cohort_root(cohort)
-        id_map = read_id_map(root)
-        births = _birth_dates(cohort)
-        result = RunResult()
-        it = rows.itertuples(index=False)
-        if progress:
-            from tqdm.auto import tqdm
+        return stream_run(self, model_id, cohort, rows, progress=progress, artifacts_dir=artifacts_dir,
+                          time_limit_s=time_limit_s, batch_size=batch_size or BATCH_SIZE, workers=workers,
+                          explain=explain, cache=cache, stats=stats)
 
-            it = tqdm(it, total=len(rows), desc=model_id)
-        for r in it:
-            try:
-                with _deadline(limit, f"study {r.study_uid}"):
-                    if not isinstance(r.pixel_location, str) or not r.pixel_location:
-                        raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                    facts = facts_for(r, id_map, _age_at(births, r))
-                    check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
-                    ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
-                    image = _read_series(r, read_image, getattr(cohort, "pixel_access", None))
-                    found = self.run_image(model_id, image, ehr, ref=study_ref(r), artifacts_dir=artifacts_dir,
-                                           facts=facts)
-                result.findings.extend(with_study_context(found, r, ehr))
-            except NoAnswer as exc:
-                result.failures.append(_failure(r, model_id, b.version, exc, exc.state))
-            except SeriesMismatchError as exc:  # the file holds another series or modality than the record says
-                result.failures.append(_failure(r, model_id, b.version, exc, "record-mismatch"))
-            except CdsError as exc:
-                result.failures.append(_failure(r, model_id, b.version, exc))
-            except Exception as exc:  # noqa: BLE001 - one bad case must not stop a cohort run
-                log.warning("model %s failed on a study: %s", model_id, type(exc).__name__)
-                result.failures.append(_failure(r, model_id, b.version, exc))
-        return result
-
-    def run_image(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None = None,
-                  ref: StudyRef | None = None, artifacts_dir: str | Path | None = None,
-                  facts: StudyFacts | None = None, check_identity: bool = True) -> list[Finding]:
-        """Run one model on one :class:`cds.images.image.Image` and return its Findings.
-
-        First the checks of :mod:`cds.models.vouch`: with ``facts`` (what the FHIR record says of the
-        series) the image must be that record's (:func:`~cds.models.vouch.check_record`; ``check_identity``
-        False skips it when ``facts`` come from the user, not a record, as in ``cds run --age``); the study must be
-        inside the card's intended use and the pixels must pass the quality gate — otherwise a
-        :class:`cds.errors.NoAnswer` subclass is raised and no Finding is made. Warnings of the checks
-        (facts not recorded) are carried in ``Finding.extra["warnings"]``.
-
-        ``ehr`` holds the card's EHR inputs (by name); a declared required one that is missing raises
-        :class:`ModelInputError` naming it. ``ref`` (the cohort's identity for the series) replaces the
-        identity the image carries. With ``artifacts_dir``, the task's explanation map is saved (see :meth:`run`).
-        """
+    def vouch(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None,
+              facts: StudyFacts | None, check_identity: bool = True) -> tuple[EhrInputs, list[str]]:
+        """The checks of :mod:`cds.models.vouch` before a model may answer for ``image``: the image must be
+        its record's (``facts``; skipped with ``check_identity`` False), inside the card's intended use and
+        pass the quality gate, and the card's required EHR inputs must be there. Raises a
+        :class:`cds.errors.NoAnswer` subclass or :class:`ModelInputError`; returns the EHR inputs (optional
+        missing ones as None) and the checks' warnings."""
         b = self.get(model_id)
-        task = self.task_for(model_id)
         warnings = check_record(image, facts) if facts is not None and check_identity else []
         facts = _with_ehr_age(facts, b.model_card, ehr)
         warnings += check_intended_use(b.model_card, image, facts)
@@ -314,6 +280,49 @@ class ModelRegistry:
                 if spec.get("required", True):
                     raise ModelInputError(name, f"model {model_id!r} needs EHR input {name!r} ({source})")
                 ehr[name] = None
+        return ehr, warnings
+
+    def attach_explanation(self, model_id: str, image: Any, ehr: Any, findings: list[Finding],
+                           artifacts_dir: str | Path) -> list[Finding]:
+        """The Findings with the task's explanation map saved as ``<artifacts_dir>/<finding id>.npy``
+        (float16) and named in ``extra["heatmap"]`` (and the GradCAM peak pixel); unchanged when the task
+        has no map or it is empty."""
+        task = self.task_for(model_id)
+        cam = task.explain(self.get(model_id), image, ehr) if findings else None
+        if cam is None or float(np.max(cam)) <= 0:
+            return findings
+        out = Path(artifacts_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        peak = [int(v) for v in np.unravel_index(int(np.argmax(cam)), np.shape(cam))] if np.ndim(cam) == 2 else None
+        saved = []
+        for f in findings:
+            path = out / f"{f.id}.npy"
+            np.save(path, np.asarray(cam, dtype=np.float16))
+            extra = {**f.extra, "heatmap": str(path)}
+            if peak is not None and "gradcam_peak_pixel" not in extra:
+                extra["gradcam_peak_pixel"] = peak
+            saved.append(replace(f, extra=extra))
+        return saved
+
+    def run_image(self, model_id: str, image: Any, ehr: EhrInputs | dict[str, Any] | None = None,
+                  ref: StudyRef | None = None, artifacts_dir: str | Path | None = None,
+                  facts: StudyFacts | None = None, check_identity: bool = True) -> list[Finding]:
+        """Run one model on one :class:`cds.images.image.Image` and return its Findings.
+
+        First the checks of :meth:`vouch` (:mod:`cds.models.vouch`): with ``facts`` (what the FHIR record
+        says of the series) the image must be that record's (:func:`~cds.models.vouch.check_record`;
+        ``check_identity`` False skips it when ``facts`` come from the user, not a record, as in
+        ``cds run --age``); the study must be inside the card's intended use and the pixels must pass the
+        quality gate — otherwise a :class:`cds.errors.NoAnswer` subclass is raised and no Finding is made.
+        Warnings of the checks (facts not recorded) are carried in ``Finding.extra["warnings"]``.
+
+        ``ehr`` holds the card's EHR inputs (by name); a declared required one that is missing raises
+        :class:`ModelInputError` naming it. ``ref`` (the cohort's identity for the series) replaces the
+        identity the image carries. With ``artifacts_dir``, the task's explanation map is saved (see :meth:`run`).
+        """
+        b = self.get(model_id)
+        task = self.task_for(model_id)
+        ehr, warnings = self.vouch(model_id, image, ehr, facts, check_identity)
         findings = task.predict(b, image, ehr)
         if warnings:
             findings = [replace(f, extra={**f.extra, "warnings": [*f.extra.get("warnings", []), *warnings]})
@@ -321,16 +330,7 @@ class ModelRegistry:
         if ref is not None:
             findings = ref.stamp(findings)
         if artifacts_dir is not None and findings:
-            cam = task.explain(b, image, ehr)
-            if cam is not None and float(np.max(cam)) > 0:
-                out = Path(artifacts_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                saved = []
-                for f in findings:
-                    path = out / f"{f.id}.npy"
-                    np.save(path, np.asarray(cam, dtype=np.float16))
-                    saved.append(replace(f, extra={**f.extra, "heatmap": str(path)}))
-                findings = saved
+            findings = self.attach_explanation(model_id, image, ehr, findings, artifacts_dir)
         return findings
 
 

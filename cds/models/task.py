@@ -90,6 +90,26 @@ class Task(ABC):
         """An explanation map on the image's pixel grid (values in [0, 1]), or None when the task has none."""
         return None
 
+    # -- batched cohort runs (cds.inference.stream) ---------------------------------------------
+    #: whether :meth:`predict_batch` runs one forward pass for many prepared images (else it loops)
+    batched: bool = False
+
+    def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> Any:
+        """The CPU work on one image before the network (decode workers run it, ahead of the model).
+
+        The default keeps the image itself; a batched task returns its network input (small, picklable).
+        """
+        return (image, ehr)
+
+    def predict_batch(self, bundle: Bundle, prepared: list[Any]) -> list[list[Finding]]:
+        """Findings of each :meth:`prepare` result, in order (identity from the image, as :meth:`predict`).
+
+        The default calls :meth:`predict` per item. A batched task runs fixed-size forward passes
+        (:data:`cds.inference.stream.BATCH_SIZE`, the last one padded), so an image's numbers never
+        depend on which other images share its batch.
+        """
+        return [self.predict(bundle, image, ehr) for image, ehr in prepared]
+
 
 class TrainableTask(Task):
     """A reference task: also trains its bundle and evaluates it on a data folder (``cds train`` / ``cds evaluate``)."""

@@ -53,6 +53,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--post", action="store_true", help="POST results.fhir.json as a transaction to --fhir-base")
     parser.add_argument("--fhir-base", help="FHIR R4 server base URL for --post")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cache", help="result cache file (SQLite; default: result-cache.sqlite in the output "
+                                        "folder): studies already answered by the same model version on the same "
+                                        "inputs are reused")
+    parser.add_argument("--no-cache", action="store_true", help="compute everything again, store nothing")
+    parser.add_argument("--workers", type=int, help="run the models on a local Dask cluster of N worker processes")
+    parser.add_argument("--scheduler", help="run the models on an existing Dask cluster (tcp://HOST:PORT); its "
+                                            "workers need only `pip install cds` and the cohort's files")
+    parser.add_argument("--decode-workers", type=int, help="image decode processes ahead of each model "
+                                                           "(default: the CPU count; 0: decode in line)")
     return parser
 
 
@@ -107,6 +116,18 @@ def _cli_parameters(args: argparse.Namespace) -> dict[str, Any]:
         params["salt"] = _read_salt(args.salt_file)
     if args.no_validate:
         params["validate"] = False
+    if getattr(args, "no_cache", False):
+        if args.cache:
+            raise ParameterError("--no-cache", "give --cache FILE or --no-cache, not both")
+        params["cache"] = None
+    elif getattr(args, "cache", None) is not None:
+        params["cache"] = args.cache
+    if getattr(args, "workers", None) is not None:
+        params["workers"] = args.workers
+    if getattr(args, "scheduler", None) is not None:
+        params["scheduler"] = args.scheduler
+    if getattr(args, "decode_workers", None) is not None:
+        params["decode_workers"] = args.decode_workers
     return params
 
 

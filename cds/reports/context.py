@@ -52,6 +52,7 @@ class ReportContext:
     findings: list[Any] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    run_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     identifiers: dict[str, set[str]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     _scrubber: Scrubber | None = field(default=None, repr=False)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cds.errors import ParameterError
 from cds.finding import FAILURE_LABELS, FAILURE_STATES
 from cds.reports.context import ReportContext
 
@@ -46,24 +48,148 @@ def apply_thresholds(findings: Sequence[Any], thresholds: Mapping[str, float]) -
             else f for f in findings]
 
 
+#: The result cache file a report keeps in its output folder (``cache="auto"``).
+CACHE_FILE = "result-cache.sqlite"
+
+
+def cache_path(ctx: ReportContext) -> Path | None:
+    """Where the report's result cache lives: ``cache="auto"`` is :data:`CACHE_FILE` in the output folder
+    (none for a de-identified report: its output folder holds only checked, de-identified files), None is
+    no cache, else the path given (for a de-identified report, it must lie outside the output folder)."""
+    value = ctx.params.get("cache", "auto")
+    if value is None:
+        return None
+    if value == "auto":
+        return None if ctx.deidentify else ctx.out_dir / CACHE_FILE
+    p = Path(value).expanduser()
+    if ctx.deidentify and p.resolve().is_relative_to(ctx.out_dir.resolve()):
+        raise ParameterError("cache", f"{value}: a de-identified report's output folder holds only de-identified "
+                                      "files; keep the result cache outside it")
+    return p
+
+
 def run_models(ctx: ReportContext, progress: bool = True) -> None:
-    """Run every model on its eligible studies in the window; collect findings and per-study failures."""
+    """Run every model on its eligible studies in the window; collect findings and per-study failures.
+
+    Studies stream through :func:`cds.inference.stream.stream_run` (decode workers ahead of batched
+    forward passes); answers already in the result cache (:func:`cache_path`) are reused and new ones
+    stored as they are made, so a killed report resumes where it stopped. With ``workers`` or
+    ``scheduler`` the models run on a Dask cluster (:mod:`cds.inference.distributed`), same results.
+    """
     import pandas as pd
 
-    for mid in ctx.models:
-        b = ctx.registry.get(mid)
-        rows = eligible_studies(b.model_card, ctx.studies)
-        t0 = time.perf_counter()
-        res = ctx.registry.run(mid, ctx.cohort, studies=rows, progress=progress)
-        ctx.timings[f"model:{mid}"] = time.perf_counter() - t0
-        ctx.findings.extend(apply_thresholds(res.findings, ctx.params["thresholds"]))
-        ctx.failures.extend(res.failures)
-        states = pd.Series([f.state for f in res.failures], dtype=object).value_counts()
-        why = ", ".join(f"{int(n)} {FAILURE_LABELS.get(st, st)}" for st, n in states.items())
-        print(f"{mid} {b.version}: {rows['study_uid'].nunique()} eligible studies, {len(res.findings)} findings, "
-              f"{len(res.failures)} without an answer{f' ({why})' if why else ''} "
-              f"({ctx.timings[f'model:{mid}']:.1f} s)")
+    from cds.inference.stream import StreamStats
+
+    path = cache_path(ctx)
+    cache = None
+    if path is not None:
+        from cds.inference.cache import ResultCache
+
+        cache = ResultCache(path)
+    try:
+        jobs = [(mid, eligible_studies(ctx.registry.get(mid).model_card, ctx.studies)) for mid in ctx.models]
+        distributed = bool(ctx.params.get("workers")) or bool(ctx.params.get("scheduler"))
+        if distributed:
+            results, stats = _run_distributed(ctx, jobs, cache, progress)
+        for k, (mid, rows) in enumerate(jobs):
+            b = ctx.registry.get(mid)
+            t0 = time.perf_counter()
+            if distributed:
+                res, st = results[k], stats[k]
+            else:
+                st = StreamStats()
+                res = ctx.registry.run(mid, ctx.cohort, studies=rows, progress=progress, cache=cache,
+                                       workers=ctx.params.get("decode_workers"), stats=st)
+            ctx.timings[f"model:{mid}"] = st.wall_s if distributed else time.perf_counter() - t0
+            ctx.timings[f"model_compute:{mid}"] = st.model_s
+            ctx.run_stats[mid] = {"studies": st.studies, "cached": st.cached, "computed": st.computed,
+                                  "explained": st.explained, "decode_workers": st.workers}
+            ctx.findings.extend(apply_thresholds(res.findings, ctx.params["thresholds"]))
+            ctx.failures.extend(res.failures)
+            states = pd.Series([f.state for f in res.failures], dtype=object).value_counts()
+            why = ", ".join(f"{int(n)} {FAILURE_LABELS.get(st_, st_)}" for st_, n in states.items())
+            reused = f", {st.cached} from the result cache" if st.cached else ""
+            print(f"{mid} {b.version}: {rows['study_uid'].nunique()} eligible studies, {len(res.findings)} findings, "
+                  f"{len(res.failures)} without an answer{f' ({why})' if why else ''}{reused} "
+                  f"({ctx.timings[f'model:{mid}']:.1f} s)")
+    finally:
+        if cache is not None:
+            cache.close()
     ctx.cache.clear()
+
+
+def _run_distributed(ctx: ReportContext, jobs: list[tuple[str, Any]], cache: Any, progress: bool
+                     ) -> tuple[list[Any], list[Any]]:
+    """The jobs on a Dask cluster: cached studies answered here, the others sent to the workers (their
+    answers stored in the cache as each chunk comes back), results merged back into row order."""
+    from cds.inference.distributed import CohortSpec, run_distributed
+    from cds.inference.stream import StreamStats
+    from cds.models.registry import RunResult
+
+    spec = CohortSpec(source=str(ctx.params["cohort"]), validate=bool(ctx.params["validate"]),
+                      reference_date=ctx.params["reference_date"],
+                      user_model_dirs=tuple(str(d) for d in getattr(ctx.registry, "user_dirs", []) or []))
+    if ctx.deidentify:
+        raise ParameterError("workers", "a de-identified report runs in one process (its workers would read the "
+                                        "identified cohort); leave out workers / scheduler")
+    todo, plans, stats = [], [], []
+    for mid, rows in jobs:
+        st = StreamStats()
+        row_list = list(rows.itertuples(index=False))
+        keys = hits = None
+        if cache is not None:
+            from cds.inference.keys import study_keys
+
+            keys = study_keys(ctx.registry, mid, ctx.cohort, row_list)
+            hits = {i: e for i, k in enumerate(keys) if k is not None and (e := cache.get(k)) is not None}
+        miss = [i for i in range(len(row_list)) if not hits or i not in hits]
+        st.studies, st.cached, st.computed = len(row_list), len(row_list) - len(miss), len(miss)
+        todo.append((mid, rows.iloc[miss]))
+        plans.append((row_list, keys, hits or {}, miss))
+        stats.append(st)
+    t0 = time.perf_counter()
+    done = run_distributed(spec, todo, workers=ctx.params.get("workers") or None,
+                           scheduler=ctx.params.get("scheduler"), progress=progress)
+    wall = time.perf_counter() - t0
+    results = []
+    for (_mid, _), (row_list, keys, hits, miss), res, st in zip(jobs, plans, done, stats, strict=True):
+        st.wall_s = wall / max(len(jobs), 1)
+        per_row: dict[int, tuple[list[Any], Any]] = {i: (list(e.findings), e.failure) for i, e in hits.items()}
+        by_study = _split_by_row(res, [row_list[i] for i in miss])
+        for i, got in zip(miss, by_study, strict=True):
+            per_row[i] = got
+            if cache is not None and keys[i] is not None:
+                from cds.inference.cache import cacheable_failure
+
+                if got[1] is None or cacheable_failure(got[1]):
+                    cache.put(keys[i], str(row_list[i].patient_id), got[0], got[1])
+        out = RunResult()
+        for i in range(len(row_list)):
+            f, fail = per_row[i]
+            out.findings.extend(f)
+            if fail is not None:
+                out.failures.append(fail)
+        results.append(out)
+    return results, stats
+
+
+def _split_by_row(res: Any, rows: list[Any]) -> list[tuple[list[Any], Any]]:
+    """A RunResult of ``rows`` (in order) back into per-row (findings, failure), by series then study UID."""
+    def key(x: Any) -> tuple[str, str]:
+        return (str(getattr(x, "study_uid", "")), str(getattr(x, "series_uid", "") or ""))
+
+    f_by: dict[tuple[str, str], list[Any]] = {}
+    for f in res.findings:
+        f_by.setdefault(key(f), []).append(f)
+    x_by: dict[tuple[str, str], list[Any]] = {}
+    for x in res.failures:
+        x_by.setdefault(key(x), []).append(x)
+    out = []
+    for r in rows:
+        k = key(r)
+        fails = x_by.get(k, [])
+        out.append((f_by.pop(k, []) if not fails else [], fails.pop(0) if fails else None))
+    return out
 
 
 def card_for(ctx: ReportContext, mid: str) -> Any:

@@ -74,6 +74,14 @@ def parameter_spec() -> dict[str, Param]:
                                    hint="reading minutes per study, > 0 and <= 1440"),
         "n_boot": Param(int, 2000, check=lambda v: 0 <= v <= 100_000, hint="bootstrap resamples, 0..100000"),
         "validate": Param(bool, True),
+        "cache": Param(str, "auto", nullable=True, check=lambda v: v == "auto" or bool(v.strip()),
+                       hint="'auto' (result-cache.sqlite in out_dir), a .sqlite path, or None (no cache)"),
+        "workers": Param(int, 0, check=lambda v: 0 <= v <= 256,
+                         hint="Dask LocalCluster workers, 0..256 (0: run in this process)"),
+        "scheduler": Param(str, None, nullable=True, check=lambda v: v.startswith(("tcp://", "tls://", "inproc://")),
+                           hint="an existing Dask scheduler address tcp://HOST:PORT, or None"),
+        "decode_workers": Param(int, None, nullable=True, check=lambda v: 0 <= v <= 64,
+                                hint="image decode processes ahead of the model, 0..64 (None: the CPU count)"),
     }
 
 
@@ -112,7 +120,8 @@ def validate_report_parameters(values: Mapping[str, Any], registry: Any = None) 
     Traceback (most recent call last):
     ...
     cds.errors.ParameterError: modles: unknown parameter (did you mean 'models'?); known: cohort, models, \
-start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, minutes_per_study, n_boot, validate
+start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, minutes_per_study, n_boot, validate, \
+cache, workers, scheduler, decode_workers
     """
     out = validate_parameters(values, parameter_spec())
     out["models"] = list(out["models"])
@@ -141,6 +150,8 @@ start_date, end_date, out_dir, deidentify, salt, thresholds, reference_date, min
     end = resolve_date(out["end_date"], out["reference_date"])
     if start and end and end < start:
         raise ParameterError("end_date", f"end_date {end} is before start_date {start}")
+    if out["workers"] and out["scheduler"]:
+        raise ParameterError("scheduler", "give workers (a local Dask cluster) or scheduler (an existing one), not both")
     if out["deidentify"]:
         salt = out["salt"] or os.environ.get(SALT_ENV) or None
         if not salt:

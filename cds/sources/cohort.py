@@ -115,6 +115,20 @@ class Cohort:
                 self._groups[name] = {k: v.index.to_numpy() for k, v in df.groupby("patient_id", sort=False)}
         return self._groups
 
+    def patient_row(self, patient_id: str) -> pd.Series | None:
+        """The patient's row of ``patients`` (by an index built once), or None when not in the cohort."""
+        idx = self._index()
+        if "patients" not in idx:
+            idx["patients"] = {str(k): i for i, k in zip(self.patients.index, self.patients["patient_id"], strict=True)}
+        i = idx["patients"].get(str(patient_id))
+        return None if i is None else self.patients.loc[i]
+
+    def patient_rows(self, table: str, patient_id: str) -> pd.DataFrame:
+        """The patient's rows of one table (``observations``, ``conditions``, ...), by the index built once."""
+        rows = self._index()[table].get(patient_id)
+        df = getattr(self, table)
+        return df.loc[rows] if rows is not None else df.iloc[0:0]
+
     def patient(self, patient_id: str) -> PatientRecord:
         """One patient's rows of every table (indexed once, so switching patients is cheap).
 

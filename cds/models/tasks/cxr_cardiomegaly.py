@@ -472,6 +472,24 @@ class CardiomegalyTask(TrainableTask):
         """The GradCAM map of :func:`predict` on the image's grid."""
         return predict(bundle, image.array, ehr)["gradcam"]
 
+    batched = True
+
+    def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> dict[str, Any]:
+        """The network input (image and age / sex) of one image (:func:`cds.inference.stream.prepared_2d`)."""
+        from cds.inference.stream import prepared_2d
+        from cds.models.tasks.common2d import as_bundle
+
+        specs = as_bundle(bundle).model_card.ehr_inputs or EHR_INPUTS
+        used = {s["name"]: ehr_value(ehr, s) for s in specs}
+        return prepared_2d(image, IMAGE_SIZE, tabular_inputs(used["age"], used["sex"]), used)
+
+    def predict_batch(self, bundle: Bundle, prepared: list[Any]) -> list[list[Finding]]:
+        """Fixed-size batched forward passes (no GradCAM: it is made when asked, by :meth:`explain`)."""
+        from cds.inference.stream import batch_probabilities
+
+        return [to_findings(bundle, {"probability": p, "ehr_used": it["ehr_used"]}, *it["ref"], it["ehr_used"])
+                for it, p in zip(prepared, batch_probabilities(bundle, prepared), strict=True)]
+
     def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
         """:func:`train`."""
         return train(data_dir, out_dir, seed=seed, quick=quick)

@@ -644,6 +644,17 @@ class IcuAdmissionTask(TrainableTask):
         return to_findings(bundle, predict(bundle, image.array, ehr), ref.patient_id, ref.study_uid,
                            ref.series_uid, ref.instance_uids, ehr)
 
+    def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> dict[str, Any]:
+        """All of :func:`predict` (image features, labs, the linear score): it is CPU work on one image,
+        done in the decode workers; :meth:`predict_batch` only makes the Findings."""
+        ref = image_ref(image)
+        return {"pred": predict(bundle, image.array, ehr), "ehr": ehr,
+                "ref": (ref.patient_id, ref.study_uid, ref.series_uid, ref.instance_uids)}
+
+    def predict_batch(self, bundle: Bundle, prepared: list[Any]) -> list[list[Finding]]:
+        """The Findings of each :meth:`prepare` result (the per-image score needs no batch)."""
+        return [to_findings(bundle, p["pred"], *p["ref"], p["ehr"]) for p in prepared]
+
     def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
         """:func:`train`."""
         return train(data_dir, out_dir, seed=seed, quick=quick)

@@ -317,6 +317,21 @@ class PneumoniaTask(TrainableTask):
         """The GradCAM map of :func:`predict` on the image's grid."""
         return predict(bundle, image.array, ehr)["gradcam"]
 
+    batched = True
+
+    def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> dict[str, Any]:
+        """The network input of one image (see :func:`cds.inference.stream.prepared_2d`)."""
+        from cds.inference.stream import prepared_2d
+
+        return prepared_2d(image, IMAGE_SIZE, None, {})
+
+    def predict_batch(self, bundle: Bundle, prepared: list[Any]) -> list[list[Finding]]:
+        """Fixed-size batched forward passes (no GradCAM: it is made when asked, by :meth:`explain`)."""
+        from cds.inference.stream import batch_probabilities
+
+        return [to_findings(bundle, {"probability": p, "ehr_used": {}}, *it["ref"])
+                for it, p in zip(prepared, batch_probabilities(bundle, prepared), strict=True)]
+
     def train(self, data_dir: str | Path | None, out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> Path:
         """:func:`train`."""
         return train(data_dir, out_dir, seed=seed, quick=quick)
