@@ -335,3 +335,27 @@ def test_a_file_swapped_for_a_link_out_of_the_cohort_after_loading_is_not_read(r
     fail = _failure_for(result, target)
     assert fail.error == "ImageReadError" and "outside the cohort root" in fail.message
     assert len(result.findings) == len(cohort.imaging.dropna(subset=["pixel_location"])) - 1
+
+
+def test_fast_quality_statistics_match_numpy() -> None:
+    """The blank-image share (_majority) and neighbour correlations equal np.unique / np.corrcoef."""
+    from cds.models import vouch
+
+    rng = np.random.default_rng(0)
+    for t in range(120):
+        x = rng.random((int(rng.integers(2, 50)), int(rng.integers(2, 50))))
+        if t % 3 == 0:
+            x = np.round(x * 3)
+        if t % 5 == 0:
+            x[:] = 1.0
+            x[0, 0] = 0.0
+        for ax in (0, 1):
+            a = np.take(x, range(x.shape[ax] - 1), axis=ax).ravel()
+            b = np.take(x, range(1, x.shape[ax]), axis=ax).ravel()
+            ref = 1.0 if a.std() == 0 or b.std() == 0 else float(np.corrcoef(a, b)[0, 1])
+            assert abs(vouch._neighbour_corr(x, ax) - ref) < 1e-12
+        values, counts = np.unique(x, return_counts=True)
+        if counts.max() > x.size / 2:
+            assert vouch._majority(x) == (float(values[counts.argmax()]), int(counts.max()))
+        else:
+            assert vouch._majority(x)[1] <= counts.max()
