@@ -95,7 +95,7 @@ def one_series(reg: Any, mid: str, loc: Path, repeat: int) -> tuple[float, float
 
     t = time.perf_counter()
     for _ in range(repeat):
-        image = read_image(loc)
+        read_image(loc)
     dec = (time.perf_counter() - t) / repeat
     t = time.perf_counter()
     for _ in range(repeat):
