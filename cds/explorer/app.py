@@ -217,22 +217,40 @@ def load_findings(path: str | Path) -> tuple[list[Any], list[dict[str, Any]]]:
     return out, [Failure.from_dict(f) for f in failures if isinstance(f, dict)]
 
 
+#: A result cache file (:mod:`cds.inference.cache`) the explorer reads and fills, e.g. a report's
+#: ``result-cache.sqlite``: studies the report already answered open without running the models.
+CACHE_ENV = "CDS_RESULT_CACHE"
+
+
 def compute_findings(cohort: Any, models: Sequence[str], registry: Any = None,
                      progress: bool = False, artifacts_dir: str | Path | None = None,
-                     ) -> tuple[list[Any], list[dict[str, Any]]]:
+                     cache: str | Path | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
     """Run each model of the registry on the cohort; returns (findings, failures).
 
-    With ``artifacts_dir`` the models' explanation maps are saved there for the viewer's overlays.
+    With ``artifacts_dir`` the models' explanation maps are saved there for the viewer's overlays
+    (for every study: a clinician may open any). ``cache`` (default ``$CDS_RESULT_CACHE``) is a result
+    cache file shared with ``cds report``: stored answers are reused, new ones stored.
     """
     from cds.models.registry import ModelRegistry
 
     reg = registry or ModelRegistry()
     findings: list[Any] = []
     failures: list[dict[str, Any]] = []
-    for mid in models:
-        result = reg.run(mid, cohort, progress=progress, artifacts_dir=artifacts_dir)
-        findings.extend(result.findings)
-        failures.extend(result.failures)
+    path = cache if cache is not None else (os.environ.get(CACHE_ENV) or None)
+    store = None
+    if path:
+        from cds.inference.cache import ResultCache
+
+        store = ResultCache(path)
+    try:
+        for mid in models:
+            result = reg.run(mid, cohort, progress=progress, artifacts_dir=artifacts_dir, cache=store,
+                             explain="all" if artifacts_dir is not None else None)
+            findings.extend(result.findings)
+            failures.extend(result.failures)
+    finally:
+        if store is not None:
+            store.close()
     return findings, failures
 
 
