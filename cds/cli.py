@@ -54,6 +54,25 @@ def _cmd_samples_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_samples_scale(args: argparse.Namespace) -> int:
+    from cds.errors import ParameterError
+    from cds.params import count, output_dir
+    from cds.tooling.scale import MAX_FACTOR, scale_cohort
+
+    factor = count(args.factor, "--factor", 1, MAX_FACTOR)
+    seed = count(args.seed, "--seed", 0)
+    output_dir(args.out, "--out")
+    try:
+        summary = scale_cohort(args.source, args.out, factor, seed=seed)
+    except ParameterError as exc:  # name the option, not the function's parameter
+        option = {"out_dir": "--out", "source": "--source"}.get(exc.where)
+        if option is None:
+            raise
+        raise ParameterError(option, exc.reason) from None
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def _cmd_overview(args: argparse.Namespace) -> int:
     from cds.locations import cohort_source
     from cds.reports.notebook_run import run_notebook
@@ -170,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hannover", required=True, help="folder laid out like shared/data/hannover-covid19-cxr")
     b.add_argument("--out", required=True, help="output folder (e.g. fhir_samples)")
     b.set_defaults(func=_cmd_samples_build)
+    sc = ssub.add_parser("scale", help="write a benchmark cohort: the sample cohort replicated N times (shared images)")
+    sc.add_argument("--factor", required=True, help="number of replicas, a whole number >= 1")
+    sc.add_argument("--out", required=True, help="output folder (new or empty)")
+    sc.add_argument("--source", help="cohort folder to replicate (default: the shipped sample cohort, fhir_samples)")
+    sc.add_argument("--seed", default="0", help="seed of the replicas' ids (default 0)")
+    sc.set_defaults(func=_cmd_samples_scale)
 
     o = sub.add_parser("overview", help="run the cohort overview notebook and write an HTML report")
     o.add_argument("--cohort", help="cohort source (default: the shipped sample cohort, fhir_samples)")

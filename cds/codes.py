@@ -37,6 +37,8 @@ UCUM = "http://unitsofmeasure.org"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 #: Identifier system of DICOM UIDs (values ``urn:oid:<uid>``).
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: Patient.identifier system of the DICOM PatientID a patient's images carry (accepted by the record check)
+DICOM_PATIENT_ID_SYSTEM = "urn:cds:identifier:dicom-patient-id"
 #: RFC 3986 URI system (an ImagingStudy instance's sopClass ``urn:oid:<uid>``; read as a UID system too).
 URI_SYSTEM = "urn:ietf:rfc:3986"
 V3_OBS_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"

@@ -53,12 +53,13 @@ def study_keys(registry: Any, model_id: str, cohort: Any, rows: list[Any]) -> li
     import cds
     from cds.inference.cache import CacheKey, input_hash
     from cds.models.ehr_inputs import ehr_inputs_for
-    from cds.models.registry import _age_at, _birth_dates, _cohort_root
+    from cds.models.registry import _age_at, _birth_dates, _cohort_root, _dicom_ids
     from cds.models.vouch import facts_for, read_id_map
 
     b = registry.get(model_id)
     id_map = read_id_map(_cohort_root(cohort))
     births = _birth_dates(cohort)
+    dicom_ids = _dicom_ids(cohort)
     keys: list[Any] = []
     for r in rows:
         loc = r.pixel_location
@@ -66,7 +67,7 @@ def study_keys(registry: Any, model_id: str, cohort: Any, rows: list[Any]) -> li
             keys.append(None)
             continue
         try:
-            facts = facts_for(r, id_map, _age_at(births, r))
+            facts = facts_for(r, id_map, _age_at(births, r), dicom_ids.get(str(r.patient_id), ()))
             ehr = ehr_inputs_for(b.model_card, cohort, r.patient_id, r.started)
         except Exception:  # noqa: BLE001 - the run reports the error for this study
             keys.append(None)

@@ -164,7 +164,7 @@ class _Studies:
 
     def __init__(self, registry: Any, model_id: str, cohort: Any, rows: list[Any], limit: float | None,
                  keys: list[Any] | None) -> None:
-        from cds.models.registry import _age_at, _birth_dates, _cohort_root
+        from cds.models.registry import _age_at, _birth_dates, _cohort_root, _dicom_ids
         from cds.models.vouch import read_id_map
 
         self.registry, self.model_id, self.cohort, self.rows, self.limit, self.keys = (
@@ -174,6 +174,7 @@ class _Studies:
         self.id_map = read_id_map(_cohort_root(cohort))
         births = _birth_dates(cohort)
         self.ages = [_age_at(births, r) for r in rows]
+        self.dicom_ids = _dicom_ids(cohort)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -191,7 +192,7 @@ class _Studies:
             with _deadline(self.limit, f"study {r.study_uid}"):
                 if not isinstance(r.pixel_location, str) or not r.pixel_location:
                     raise ModelInputError("image", "the ImagingStudy says nowhere where its pixels are")
-                facts = facts_for(r, self.id_map, self.ages[i])
+                facts = facts_for(r, self.id_map, self.ages[i], self.dicom_ids.get(str(r.patient_id), ()))
                 check_intended_use(b.model_card, None, facts)  # the record alone: before reading pixels
                 ehr = ehr_inputs_for(b.model_card, self.cohort, r.patient_id, r.started)
                 image = _read_series(r, read_image, getattr(self.cohort, "pixel_access", None))
@@ -310,9 +311,7 @@ def stream_run(registry: Any, model_id: str, cohort: Any, rows: pd.DataFrame, *,
                 bar.set_postfix_str(f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f} studies/s", refresh=False)
 
     def finish(batch: list[_Ready]) -> None:
-        from cds.models.registry import _failure
-
-        from cds.models.registry import _deadline
+        from cds.models.registry import _deadline, _failure
 
         t0 = time.perf_counter()
         outs: list[list[Finding] | BaseException]

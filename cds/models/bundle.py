@@ -139,9 +139,18 @@ class Bundle:
 
     @property
     def device(self) -> Any:
-        """The ``torch.device`` inference.json's ``device`` gives now (``cuda`` when available for cds bundles)."""
+        """The ``torch.device`` inference.json's ``device`` gives now (``cuda`` when available for cds bundles);
+        ``$CDS_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) overrides it for every bundle."""
+        import os
+
         import torch
 
+        forced = os.environ.get("CDS_DEVICE")
+        if forced:
+            try:
+                return torch.device(forced)
+            except RuntimeError:
+                raise BundleError(f"CDS_DEVICE={forced!r} is not a torch device (cpu, cuda, cuda:0 ...)") from None
         v = self.inference.get("device", "cpu")
         if isinstance(v, str) and v.startswith("$"):
             try:

@@ -82,13 +82,16 @@ def predict_logits(net: Any, images: np.ndarray, tabular: np.ndarray | None = No
 
     net.eval()
     out = []
+    param = next(iter(net.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size, None], dtype=np.float32))
             kwargs = {}
             if tabular is not None:
-                kwargs["tab"] = torch.from_numpy(np.asarray(tabular[start:start + batch_size], dtype=np.float32))
-            out.append(net(xb, **kwargs)[:, 0].numpy())
+                kwargs["tab"] = torch.from_numpy(np.asarray(tabular[start:start + batch_size],
+                                                            dtype=np.float32)).to(device)
+            out.append(net(xb.to(device), **kwargs)[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -380,6 +380,15 @@ def _birth_dates(cohort: Any) -> dict[str, Any]:
     return dict(zip(patients["patient_id"].astype(str), patients["birth_date"], strict=True))
 
 
+def _dicom_ids(cohort: Any) -> dict[str, tuple[str, ...]]:
+    """Patient id -> the DICOM PatientIDs its Patient.identifier declares (the ``dicom_patient_ids`` column)."""
+    pat = getattr(cohort, "patients", None)
+    if pat is None or "dicom_patient_ids" not in pat:
+        return {}
+    return {str(p): tuple(v) for p, v in zip(pat["patient_id"], pat["dicom_patient_ids"], strict=True)
+            if isinstance(v, tuple | list) and v}
+
+
 def _age_at(births: dict[str, Any], row: Any) -> float | None:
     """The patient's age in years at the study's start (None when birth date or start is unknown)."""
     from cds.sources.tables import age_years

@@ -35,7 +35,7 @@ cds.errors.InputQualityError: blank.dcm: blank image: every pixel is 0
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -430,11 +430,14 @@ def profile_distance(profile: Mapping[str, Any], features: Mapping[str, float]) 
     return worst, name
 
 
-def facts_for(row: Any, id_map: Mapping[str, str] | None = None, age_years: float | None = None) -> StudyFacts:
+def facts_for(row: Any, id_map: Mapping[str, str] | None = None, age_years: float | None = None,
+              dicom_ids: Sequence[str] = ()) -> StudyFacts:
     """The :class:`StudyFacts` of a ``cohort.imaging`` row; ``id_map`` (:func:`read_id_map`) names the
-    rewritten DICOM PatientIDs accepted for its patient."""
+    rewritten DICOM PatientIDs accepted for its patient, and so do ``dicom_ids`` (the patient's
+    ``Patient.identifier`` values of system :data:`cds.codes.DICOM_PATIENT_ID_SYSTEM`, the patients
+    table's ``dicom_patient_ids``)."""
     pid = str(row.patient_id)
-    mapped = tuple(k for k, v in (id_map or {}).items() if v == pid)
+    mapped = tuple(k for k, v in (id_map or {}).items() if v == pid) + tuple(str(d) for d in dicom_ids or ())
 
     def text(name: str) -> str | None:
         v = getattr(row, name, None)

@@ -48,7 +48,8 @@ from cds.sources.records import Problem, RawResource
 __all__ = ["build_tables", "TABLE_COLUMNS", "INSTANCE_LOCATION_URL", "ref_id", "ref_type", "age_years"]
 
 TABLE_COLUMNS: dict[str, list[str]] = {
-    "patients": ["patient_id", "sex", "birth_date", "deceased", "deceased_date", "age_years", "name", "source"],
+    "patients": ["patient_id", "sex", "birth_date", "deceased", "deceased_date", "age_years", "name", "source",
+                 "dicom_patient_ids"],
     "conditions": ["patient_id", "condition_id", "code_system", "code", "display", "onset", "abatement",
                    "clinical_status", "encounter_id"],
     "observations": ["patient_id", "observation_id", "code_system", "code", "display", "value", "value_string",
@@ -151,9 +152,13 @@ def _patient_row(rr: RawResource, ctx: RowContext) -> dict[str, Any]:
         name = " ".join([*given, as_str(n.get("family")) or ""]).strip() or as_str(n.get("text"))
         if name:
             break
+    from cds.codes import DICOM_PATIENT_ID_SYSTEM
+
+    dicom_ids = tuple(str(i["value"]) for i in dicts(res.get("identifier"))
+                      if i.get("system") == DICOM_PATIENT_ID_SYSTEM and isinstance(i.get("value"), str))
     return {"patient_id": res.get("id"), "sex": gender, "birth_date": birth,
             "deceased": bool(res.get("deceasedDateTime")) or dec_bool is True, "deceased_date": dec,
-            "name": name, "source": rr.source}
+            "name": name, "source": rr.source, "dicom_patient_ids": dicom_ids}
 
 
 def _references(rr: RawResource, rt: str, ctx: RowContext) -> tuple[str | None, str | None]:
