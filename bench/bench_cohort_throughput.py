@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="also: peak RSS of a run on the 1x and 10x scaled cohort")
     ap.add_argument("--device", default=None, help="torch device for the networks (cpu, cuda); $CDS_DEVICE")
     args = ap.parse_args()
     if args.device:
@@ -187,6 +188,29 @@ def main() -> None:
             inf += time.perf_counter() - t
         print(f"report wall {wall:6.1f} s  model inference {inf:6.2f} s ({', '.join(used)})  ratio {wall / inf:5.2f} "
               "(target <= 1.5)")
+
+    if args.memory:
+        print("\n## peak memory of a cohort run against the cohort size (cache off, fresh process each)")
+        import subprocess
+
+        from cds.tooling.scale import scale_cohort
+
+        base = Path(tempfile.gettempdir()) / "cds-bench-throughput"
+        for factor in (1, 10):
+            folder = base / f"x{factor}"
+            if not folder.is_dir():
+                scale_cohort(args.cohort, folder, factor)
+            code = ("import resource, psutil, time, torch; torch.set_num_threads(1);"
+                    "from cds.sources.cohort import load_cohort; from cds.models.registry import ModelRegistry;"
+                    f"c = load_cohort({str(folder)!r}, validate=False, reference_date='2026-01-01'); r = ModelRegistry();"
+                    "base = psutil.Process().memory_info().rss; t = time.perf_counter();"
+                    f"res = r.run({models[0]!r}, c, workers={args.workers});"
+                    "dt = time.perf_counter() - t; peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024;"
+                    "print(len(c.imaging), len(res.findings), base, peak, dt)")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            n, nf, base_rss, peak, dt = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4])
+            print(f"x{factor:<3d} {n:6d} studies  {nf:6d} findings  {n / dt:6.1f} studies/s  RSS after load "
+                  f"{base_rss / 2**20:6.0f} MiB  peak during run {peak / 2**20:6.0f} MiB  (+{(peak - base_rss) / 2**20:5.0f} MiB)")
 
     if not args.no_dask:
         print("\n## Dask LocalCluster (cache off)")
