@@ -23,11 +23,13 @@ from typing import Any
 
 from cds.errors import ParameterError
 
-__all__ = ["CohortSpec", "worker_state", "run_chunk", "run_distributed", "loads", "LOADS"]
+__all__ = ["CohortSpec", "worker_state", "run_chunk", "run_distributed", "local_cluster", "loads", "LOADS"]
 
 #: Per worker process: cohort + registry loads and chunks run so far (tests read them with ``client.run(loads)``).
 LOADS = {"cohort": 0, "chunks": 0}
 _STATE: dict[CohortSpec, tuple[Any, Any]] = {}
+#: Environment of LocalCluster workers: one BLAS / OpenMP thread each (torch threads are set in worker_state).
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,28 @@ def _row_keys(rows: Any) -> list[tuple[str, str]]:
                                                                             strict=True)]
 
 
+def local_cluster(workers: int, retries: int = 3) -> Any:
+    """A ``dask.distributed.LocalCluster`` of ``workers`` single-threaded worker processes (one OpenMP /
+    BLAS thread each) on 127.0.0.1, without a dashboard (its health endpoint on a free local port); a
+    task whose worker dies is re-run up to ``retries`` times (the scheduler's ``allowed-failures``)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        raise ParameterError("--workers", f"{workers!r}: expected a whole number of worker processes") from None
+    if n < 1:
+        raise ParameterError("--workers", f"{workers}: expected >= 1 worker processes")
+    with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 1)}):
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address=None, env=dict(_WORKER_ENV),
+                            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
+
+
 def _client(workers: int | None, scheduler: str | None, timeout_s: float, retries: int) -> tuple[Any, Any]:
     """A Client to the cluster asked for, and the LocalCluster started for it (None for ``scheduler``)."""
-    import dask
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     if (workers is None) == (scheduler is None):
         raise ParameterError("--workers", "give --workers N (a local cluster) or --scheduler tcp://HOST:PORT")
@@ -119,21 +139,13 @@ def _client(workers: int | None, scheduler: str | None, timeout_s: float, retrie
         except (OSError, TimeoutError, ValueError) as exc:
             raise ParameterError("--scheduler", f"cannot reach the Dask scheduler at {scheduler} within "
                                                 f"{timeout_s:g} s ({type(exc).__name__})") from None
-    if int(workers) < 1:
-        raise ParameterError("--workers", f"{workers}: expected >= 1 worker processes")
-    # a task whose worker dies is re-run up to allowed-failures times (the scheduler of this process)
-    with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 1)}):
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env=dict(_WORKER_ENV))
+    cluster = local_cluster(workers, retries)
     try:
         return Client(cluster), cluster
     except BaseException:
         cluster.close()
         raise
 
-
-#: Environment of LocalCluster workers: one BLAS / OpenMP thread each (torch threads are set in worker_state).
-_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def run_distributed(spec: CohortSpec, jobs: Sequence[tuple[str, Any]], *, workers: int | None = None,
