@@ -2,7 +2,7 @@
 
 >>> spec = parameter_spec()
 >>> sorted(spec)[:4]
-['cohort', 'deidentify', 'end_date', 'minutes_per_study']
+['cache', 'cohort', 'decode_workers', 'deidentify']
 >>> resolve_date("-7d", "2026-01-08"), resolve_date(None, "2026-01-08")
 ('2026-01-01', None)
 >>> public_parameters({"cohort": "x", "salt": "s", "out_dir": "o"})

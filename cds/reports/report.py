@@ -42,7 +42,7 @@ positive call (circular: it shows how far the AI moves its own positives forward
 
 >>> spec = parameter_spec()
 >>> sorted(spec)[:4]
-['cohort', 'deidentify', 'end_date', 'minutes_per_study']
+['cache', 'cohort', 'decode_workers', 'deidentify']
 >>> resolve_date("-7d", "2026-01-08"), resolve_date(None, "2026-01-08")
 ('2026-01-01', None)
 """
