@@ -90,8 +90,12 @@ def pipeline_rate(reg: Any, mid: str, cohort: Any, rows: Any, workers: int, cach
 
 
 def one_series(reg: Any, mid: str, loc: Path, repeat: int) -> tuple[float, float]:
-    """(seconds to decode, seconds through the model) of one CT / CMR series."""
+    """(seconds to decode, seconds through the model) of one CT / CMR series (a cine folder is read
+    as ``cds run cmr-function`` reads it)."""
     from cds.images.read import read_image
+
+    if mid == "cmr-function":
+        from cds.models.cine import read_cine as read_image  # noqa: F811 - one frame per file per slice
 
     t = time.perf_counter()
     for _ in range(repeat):
