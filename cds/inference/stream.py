@@ -183,7 +183,7 @@ class _Studies:
         from cds.images.dicom import SeriesMismatchError
         from cds.images.read import read_image
         from cds.models.ehr_inputs import ehr_inputs_for
-        from cds.models.registry import _deadline, _failure, _read_series
+        from cds.models.registry import _deadline, _failure, _read_series, study_ref
         from cds.models.vouch import check_intended_use, facts_for
 
         r = self.rows[i]
@@ -198,8 +198,6 @@ class _Studies:
                 image = _read_series(r, read_image, getattr(self.cohort, "pixel_access", None))
                 ehr, warnings = self.registry.vouch(self.model_id, image, ehr, facts)
                 prepared = self.task.prepare(b, image, ehr)
-                from cds.models.registry import study_ref
-
                 return _Ready(i, (prepared, image, study_ref(r)), ehr, warnings,
                               self.keys[i] if self.keys else None)
         except NoAnswer as exc:

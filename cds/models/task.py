@@ -91,9 +91,6 @@ class Task(ABC):
         return None
 
     # -- batched cohort runs (cds.inference.stream) ---------------------------------------------
-    #: whether :meth:`predict_batch` runs one forward pass for many prepared images (else it loops)
-    batched: bool = False
-
     def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> Any:
         """The CPU work on one image before the network (decode workers run it, ahead of the model).
 

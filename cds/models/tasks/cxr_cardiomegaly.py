@@ -472,8 +472,6 @@ class CardiomegalyTask(TrainableTask):
         """The GradCAM map of :func:`predict` on the image's grid."""
         return predict(bundle, image.array, ehr)["gradcam"]
 
-    batched = True
-
     def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> dict[str, Any]:
         """The network input (image and age / sex) of one image (:func:`cds.inference.stream.prepared_2d`)."""
         from cds.inference.stream import prepared_2d

@@ -317,8 +317,6 @@ class PneumoniaTask(TrainableTask):
         """The GradCAM map of :func:`predict` on the image's grid."""
         return predict(bundle, image.array, ehr)["gradcam"]
 
-    batched = True
-
     def prepare(self, bundle: Bundle, image: Image, ehr: EhrInputs) -> dict[str, Any]:
         """The network input of one image (see :func:`cds.inference.stream.prepared_2d`)."""
         from cds.inference.stream import prepared_2d
